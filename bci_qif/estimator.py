@@ -1,0 +1,327 @@
+"""scikit-learn estimator: a spiking-network decoder trained by exact gradient descent.
+
+:class:`QIFClassifier` takes trials as :class:`mne.Epochs` or arrays of shape
+``(n_trials, n_channels, n_times)`` (with ``sfreq``), encodes them with an
+:mod:`encoding <bci_qif.encoding>` fitted on the training trials, turns the features
+into timed current events and trains a QIF (or LIF) network. It composes with
+``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` like any classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+
+from . import network
+from .checkpoint import load_checkpoint, save_checkpoint
+from .currents import to_input_events
+from .encoding import make_encoder
+from .neurons import get_neuron
+from .training import TrainConfig, TrainingState, evaluate_network, make_optimizer, train
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QIFClassifier"]
+
+
+def _as_trials(X, sfreq):
+    """``(data, sfreq, ch_names)`` from mne.Epochs or a 3-D array."""
+    if hasattr(X, "get_data") and hasattr(X, "info"):
+        return X.get_data(copy=False), float(X.info["sfreq"]), list(X.ch_names)
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise ValueError(f"X must be mne.Epochs or an array (n_trials, n_channels, n_times), got shape {X.shape}")
+    if sfreq is None:
+        raise ValueError("sfreq must be given when X is an array (QIFClassifier(sfreq=...))")
+    return X, float(sfreq), None
+
+
+class QIFClassifier(ClassifierMixin, BaseEstimator):
+    """Spiking-network classifier of EEG trials with exact spike-time gradients.
+
+    Parameters
+    ----------
+    neuron : {"qif", "lif"}
+        Neuron model of every layer.
+    hidden_layer_sizes : tuple of int
+        Sizes of the hidden layers (at least one).
+    tau : float
+        Membrane time constant in seconds (synaptic: ``tau / 2``).
+    encoding : {"csp_power", "signal"}
+        Input encoding fitted on the training trials (see :mod:`bci_qif.encoding`).
+    n_components : int
+        CSP components for ``"csp_power"``.
+    rate_hz : float
+        Frame rate of the encoded features (one input event per frame).
+    input_gain : float
+        Scale of the input currents.
+    weight_scale, bias : float
+        Initialisation of weights (std ``weight_scale / sqrt(fan_in)``) and biases.
+    epochs, batch_size, learning_rate, grad_clip, weight_decay : optimisation
+        See :class:`bci_qif.training.TrainConfig`.
+    gamma, readout_tau : float
+        Loss settings (``readout_tau`` in units of ``tau``).
+    validation_fraction : float
+        Share of the training trials held out (stratified) to select the best epoch
+        by validation ``acc_ord``; 0 keeps the last epoch.
+    patience : int or None
+        Early-stopping patience (epochs), with a validation split.
+    sfreq : float or None
+        Sampling rate when ``X`` is an array.
+    random_state : int
+        Seed of initialisation, validation split and shuffling.
+    dtype : {"float32", "float64"}
+    verbose : bool
+        Show a progress bar while training.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    params_ : list of dict
+        Trained network parameters.
+    encoder_ : transformer
+    history_ : list of dict
+        Per-epoch metrics (loss, acc, acc_ord, silent fraction per layer, gradient
+        norm, non-finite gradient count, validation scores).
+    """
+
+    def __init__(self, neuron="qif", hidden_layer_sizes=(64,), tau=0.05, encoding="csp_power", n_components=8,
+                 rate_hz=20.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
+                 learning_rate=3e-3, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=1.0,
+                 validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
+                 verbose=False):
+        self.neuron = neuron
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.tau = tau
+        self.encoding = encoding
+        self.n_components = n_components
+        self.rate_hz = rate_hz
+        self.input_gain = input_gain
+        self.weight_scale = weight_scale
+        self.bias = bias
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.grad_clip = grad_clip
+        self.weight_decay = weight_decay
+        self.gamma = gamma
+        self.readout_tau = readout_tau
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.sfreq = sfreq
+        self.random_state = random_state
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # --- helpers -------------------------------------------------------------------
+    def _neuron_model(self):
+        # Model time is measured in units of tau (tau = 1), seconds * time_scale.
+        return get_neuron(self.neuron, tau=1.0)
+
+    @property
+    def _time_scale(self):
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive (seconds), got {self.tau!r}")
+        return 1.0 / self.tau
+
+    def _encoder_options(self):
+        if self.encoding == "csp_power":
+            return {"n_components": self.n_components, "rate_hz": self.rate_hz}
+        return {"rate_hz": self.rate_hz}
+
+    def _train_config(self):
+        return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
+                           learning_rate=float(self.learning_rate), grad_clip=self.grad_clip,
+                           weight_decay=float(self.weight_decay), patience=self.patience, gamma=float(self.gamma),
+                           readout_tau=float(self.readout_tau), seed=int(self.random_state))
+
+    def _jnp_dtype(self):
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
+        return jnp.float64 if self.dtype == "float64" else jnp.float32
+
+    def _events(self, data):
+        """Encoded trials -> (times, currents, T)."""
+        features = self.encoder_.transform(data)
+        times, currents = to_input_events(features, self.encoder_.frame_rate, time_scale=self._time_scale,
+                                          gain=float(self.input_gain))
+        dtype = self._jnp_dtype()
+        return np.asarray(times, dtype), np.asarray(currents, dtype)
+
+    # --- scikit-learn API ------------------------------------------------------------
+    def fit(self, X, y, *, checkpoint=None, resume=False):
+        """Fit the encoder and train the network.
+
+        Parameters
+        ----------
+        X : mne.Epochs or array, shape (n_trials, n_channels, n_times)
+        y : array, shape (n_trials,)
+        checkpoint : str or Path, optional
+            Write a resumable checkpoint here after every epoch (atomically).
+        resume : bool
+            Continue from ``checkpoint`` if it exists.
+
+        Returns
+        -------
+        self
+        """
+        data, sfreq, ch_names = _as_trials(X, self.sfreq)
+        y = np.asarray(y)
+        if len(y) != len(data):
+            raise ValueError(f"X has {len(data)} trials but y has {len(y)} labels")
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need trials of at least two classes, got only {self.classes_.tolist()}")
+        hidden = tuple(int(h) for h in np.atleast_1d(self.hidden_layer_sizes))
+        neuron = self._neuron_model()
+        self.sfreq_, self.ch_names_ = sfreq, ch_names
+        self.n_channels_ = data.shape[1]
+
+        rng = np.random.default_rng(self.random_state)
+        train_idx, val_idx = np.arange(len(y)), None
+        if self.validation_fraction:
+            train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=self.validation_fraction,
+                                                  stratify=y_index, random_state=int(rng.integers(2**31)))
+        self.encoder_ = make_encoder(self.encoding, sfreq, **self._encoder_options()).fit(
+            data[train_idx], y_index[train_idx])
+        times, currents = self._events(data)
+        self.T_ = float(data.shape[-1] / sfreq * self._time_scale)
+        self.times_ = times
+        config = self._train_config()
+        params = network.init(jax.random.PRNGKey(int(self.random_state)),
+                              (currents.shape[-1], *hidden, len(self.classes_)),
+                              weight_scale=float(self.weight_scale), bias=float(self.bias), dtype=self._jnp_dtype())
+        state = None
+        if resume and checkpoint is not None and Path(checkpoint).exists():
+            state = self._load_training_state(checkpoint, params, config, len(train_idx))
+        validation = None if val_idx is None else (currents[val_idx], y_index[val_idx])
+        on_epoch_end = None if checkpoint is None else (lambda s: self._write(checkpoint, s))
+        state = train(params, times, currents[train_idx], y_index[train_idx], neuron, self.T_, config,
+                      validation=validation, state=state, on_epoch_end=on_epoch_end, progress=self.verbose)
+        self.params_ = state.best_params
+        self.history_ = state.history
+        self.budget_ = state.budget
+        return self
+
+    def _simulate(self, X):
+        check_is_fitted(self, "params_")
+        data, _, _ = _as_trials(X, self.sfreq_)
+        if data.shape[1] != self.n_channels_:
+            raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
+        times, currents = self._events(data)
+        metrics, self.budget_ = evaluate_network(self.params_, times, currents, None, self._neuron_model(), self.T_,
+                                                 batch_size=int(self.batch_size), budget=getattr(self, "budget_", None))
+        return metrics
+
+    def decision_function(self, X):
+        """Scores from first-spike times (earlier = larger); binary: class-1 minus class-0."""
+        t = self._simulate(X)["first_spike_times"]
+        scores = -t / float(self.readout_tau)
+        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+
+    def predict_proba(self, X):
+        """Class probabilities ``softmax(-t / readout_tau)`` of the output first-spike times."""
+        t = self._simulate(X)["first_spike_times"]
+        return np.asarray(jax.nn.softmax(-jnp.asarray(t) / float(self.readout_tau), axis=-1), dtype=np.float64)
+
+    def predict(self, X):
+        """The class of the earliest output spike (ordinary or pseudo)."""
+        t = self._simulate(X)["first_spike_times"]
+        return self.classes_[np.argmin(t, axis=1)]
+
+    def spiking_metrics(self, X, y):
+        """Spiking statistics on labelled trials: ``acc_ord``, ``silent_fraction``, ``spikes_per_trial``.
+
+        ``acc_ord`` counts a trial correct only if an output neuron spiked inside the
+        trial and the earliest one is the right class.
+        """
+        metrics = self._simulate(X)
+        t, ordinary = metrics["first_spike_times"], metrics["ordinary"]
+        y_index = np.searchsorted(self.classes_, np.asarray(y))
+        _, predicted_ord = network.predict(network.SimulationResult(t, ordinary, (), (), (), False, (), False))
+        return {
+            "acc_ord": float(np.mean(predicted_ord == y_index)),
+            "silent_fraction": float(np.mean(metrics["silent_fraction"])),
+            "spikes_per_trial": metrics["spikes_per_trial"],
+        }
+
+    # --- persistence -----------------------------------------------------------------
+    def _model_arrays(self, params):
+        arrays = {f"model/{k}": np.asarray(leaf) for k, leaf in enumerate(jax.tree_util.tree_leaves(params))}
+        arrays.update({f"encoder/{k}": v for k, v in self.encoder_.to_arrays().items()})
+        arrays["classes"] = np.asarray(self.classes_)
+        return arrays
+
+    def _model_meta(self, params):
+        return {
+            "kind": "bci_qif.QIFClassifier",
+            "estimator_params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
+            "layer_sizes": list(network.layer_sizes_of(params)),
+            "T": self.T_,
+            "sfreq": self.sfreq_,
+            "ch_names": self.ch_names_,
+            "n_channels": self.n_channels_,
+        }
+
+    def _write(self, path, state):
+        """Checkpoint: model (best parameters) + resumable training state."""
+        arrays = self._model_arrays(state.best_params)
+        train_arrays, train_meta = state.to_arrays()
+        arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
+        save_checkpoint(path, arrays, dict(self._model_meta(state.best_params), training=train_meta))
+
+    def save(self, path):
+        """Save the fitted model (weights, encoder, classes, preprocessing facts) to ``path``."""
+        check_is_fitted(self, "params_")
+        save_checkpoint(path, self._model_arrays(self.params_),
+                        dict(self._model_meta(self.params_), training={"history": self.history_}))
+
+    def _load_training_state(self, path, params, config, n_train):
+        arrays, meta = load_checkpoint(path)
+        self._check_compatible(meta)
+        optimizer = make_optimizer(config, max(1, n_train // min(config.batch_size, n_train)))
+        train_arrays = {k[len("train/"):]: v for k, v in arrays.items() if k.startswith("train/")}
+        if not train_arrays:
+            raise ValueError(f"{path} holds a model without training state; cannot resume from it")
+        logger.info("resuming from %s at epoch %d", path, meta["training"]["epoch"])
+        return TrainingState.from_arrays(train_arrays, meta["training"], params, optimizer)
+
+    def _check_compatible(self, meta):
+        if meta.get("kind") != "bci_qif.QIFClassifier":
+            raise ValueError("not a QIFClassifier checkpoint")
+        saved = meta["estimator_params"]
+        mine = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
+        differing = {k for k in saved if k not in ("verbose", "epochs") and saved[k] != mine.get(k)}
+        if differing:
+            raise ValueError(f"checkpoint was written with different settings: {sorted(differing)}")
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by :meth:`save` (or a training checkpoint)."""
+        arrays, meta = load_checkpoint(path)
+        if meta.get("kind") != "bci_qif.QIFClassifier":
+            raise ValueError(f"{path} is not a QIFClassifier checkpoint")
+        params = {k: (tuple(v) if k == "hidden_layer_sizes" else v) for k, v in meta["estimator_params"].items()}
+        model = cls(**params)
+        sizes = meta["layer_sizes"]
+        leaves = [arrays[f"model/{k}"] for k in range(2 * (len(sizes) - 1))]
+        dtype = model._jnp_dtype()
+        template = network.init(jax.random.PRNGKey(0), sizes, dtype=dtype)
+        treedef = jax.tree_util.tree_structure(template)
+        model.params_ = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype) for a in leaves])
+        model.encoder_ = make_encoder(model.encoding, meta["sfreq"], **model._encoder_options()).set_arrays(
+            {k[len("encoder/"):]: v for k, v in arrays.items() if k.startswith("encoder/")})
+        model.classes_ = arrays["classes"]
+        model.T_, model.sfreq_, model.ch_names_ = meta["T"], meta["sfreq"], meta["ch_names"]
+        model.n_channels_ = meta["n_channels"]
+        model.history_ = meta.get("training", {}).get("history", [])
+        return model

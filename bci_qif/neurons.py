@@ -1,0 +1,490 @@
+r"""Neuron models with closed-form dynamics between input events.
+
+Both models share the current-based synapse of the papers (time constant
+:math:`\tau_s = \tau / 2`): between events the synaptic current decays as
+:math:`I(t) = I_0 e^{-2t/\tau}` and an input event of weight ``w`` adds ``w`` to it.
+
+QIF
+    :math:`\tau \dot V = V (V - 1) + I`. A spike is :math:`V \to +\infty`, followed by a
+    reset to :math:`-\infty`.
+LIF
+    :math:`\tau \dot V = -V + I`, spike at :math:`V = v_{th}`, reset to 0.
+
+Every function is elementwise on jnp arrays and differentiable; the branches are
+written so that their *derivatives* stay finite too (the unused side of every
+``jnp.where`` sees harmless inputs), because one non-finite gradient poisons every
+weight of a network.
+
+How the QIF closed form works
+-----------------------------
+With :math:`x = e^{-t/\tau}`, :math:`s = 1 - x` and :math:`V = x w`, the QIF equation
+with a decaying current becomes the constant-coefficient Riccati equation
+:math:`dw/ds = w^2 + I_0` on :math:`s \in [0, 1)`. It is linearised by :math:`w = -y'/y`
+with :math:`y'' + I_0 y = 0`, whose solutions :math:`C(s)` (cos/cosh) and :math:`S(s)`
+(sin/sinh) are entire functions of :math:`I_0`. The flow is therefore a Moebius map of
+the projective point :math:`V = p / q`:
+
+.. math:: (p, q) \mapsto (x (p C + q I_0 S),\; q C - p S).
+
+On the projective line :math:`+\infty` and :math:`-\infty` are the same point, so the
+QIF spike-and-reset is *continuous* in this representation: it is the theta neuron.
+The simulator keeps QIF states as unit vectors ``(p, q)`` with ``q >= 0``; a spike is
+the passage of ``q`` through zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["NeuronModel", "QIF", "LIF", "get_neuron"]
+
+# |I| below this uses the Taylor series of C and S (no division by sqrt(|I|)).
+_SMALL_CURRENT = 1e-4
+
+# Taylor coefficients of C = sum u^n/(2n)! and S/s = sum u^n/(2n+1)! with u = -I s^2;
+# nine terms keep the truncation error below 1e-14 for |u| <= 1.
+_COS_SERIES = tuple(1.0 / math.factorial(2 * n) for n in range(9))
+_SIN_SERIES = tuple(1.0 / math.factorial(2 * n + 1) for n in range(9))
+
+
+def _horner(coefficients, u):
+    """Evaluate ``sum_n coefficients[n] * u**n``."""
+    total = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+        total = c + u * total
+    return total
+
+
+def _safe(cond, x, fill):
+    """Return ``x`` where ``cond`` holds and a harmless ``fill`` elsewhere.
+
+    Used on *inputs* of a branch so that the branch never evaluates (nor
+    differentiates) a function outside its domain on elements it does not own.
+    """
+    return jnp.where(cond, x, fill)
+
+
+def _softplus(x, softness):
+    """Softplus with adjustable softness: ``softness * log(1 + exp(x / softness))``."""
+    return softness * jax.nn.softplus(x / softness)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronModel:
+    """Interface shared by the neuron models.
+
+    Public, user-facing functions take and return membrane voltages:
+    :meth:`flow` and :meth:`time_to_spike`. The event simulator works on an
+    internal *state* (a tuple of arrays) through :meth:`state_from_voltage`,
+    :meth:`advance` and :meth:`spikes_in_interval`, so that each model can pick
+    the representation in which its dynamics are smooth.
+    """
+
+    tau: float = 1.0
+
+    name = "neuron"
+    has_pseudodynamics = False
+
+    def __post_init__(self):
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau!r}")
+
+    # --- shared pieces -------------------------------------------------------------
+    def decay(self, dt):
+        """Return ``(x, s)`` with ``x = exp(-dt / tau)`` and ``s = 1 - x`` (accurately)."""
+        a = -jnp.asarray(dt) / self.tau
+        return jnp.exp(a), -jnp.expm1(a)
+
+    def flow_current(self, i, dt):
+        """Synaptic current after ``dt`` without events (``tau_s = tau / 2``)."""
+        return i * jnp.exp(-2.0 * jnp.asarray(dt) / self.tau)
+
+    def rest_state(self, shape, dtype):
+        """Internal state of neurons at rest (V = 0)."""
+        return self.state_from_voltage(jnp.zeros(shape, dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class QIF(NeuronModel):
+    r"""Quadratic integrate-and-fire neuron, :math:`\tau \dot V = V(V-1) + I`.
+
+    Parameters
+    ----------
+    tau : float
+        Membrane time constant in model time units; the synaptic time constant is
+        ``tau / 2``.
+    pseudo_softness : float
+        Softness of the softplus that turns the rate-network pre-activation into the
+        suprathreshold pseudodynamics drive (larger = gentler).
+    """
+
+    pseudo_softness: float = 2.0
+
+    name = "qif"
+    has_pseudodynamics = True
+
+    # --- representation ------------------------------------------------------------
+    def state_from_voltage(self, v):
+        """Unit vector ``(p, q)`` with ``q >= 0`` and ``V = p / q`` (``q = 0``: V = -inf)."""
+        v = jnp.asarray(v)
+        finite = jnp.isfinite(v)
+        v_safe = _safe(finite, v, 0.0)
+        norm = jnp.hypot(1.0, v_safe)  # not sqrt(1 + v*v): v*v overflows for |v| > 1e154 (1e19 in float32)
+        # +inf is the spike, which is the same point as the reset -inf: store (-1, 0).
+        p = jnp.where(finite, v_safe / norm, -1.0)
+        q = jnp.where(finite, 1.0 / norm, 0.0)
+        return (p, q)
+
+    def voltage_from_state(self, state):
+        """Membrane voltage ``p / q`` (``-inf`` just after a reset)."""
+        p, q = state
+        q_safe = _safe(q > 0, q, 1.0)
+        return jnp.where(q > 0, p / q_safe, -jnp.inf)
+
+    # --- closed forms --------------------------------------------------------------
+    def _riccati_basis(self, i, s):
+        """Solutions ``C(s), S(s)`` of ``y'' + I y = 0`` (up to a common positive factor).
+
+        ``C(0) = 1, C'(0) = 0, S(0) = 0, S'(0) = 1``. Three branches: trigonometric
+        (I > 0), hyperbolic divided by cosh to avoid overflow (I < 0) and a Taylor
+        series around I = 0, which keeps the derivative in I exact and finite there.
+        """
+        pos = i > _SMALL_CURRENT
+        neg = i < -_SMALL_CURRENT
+        small = ~(pos | neg)
+
+        c_pos = jnp.sqrt(_safe(pos, i, 1.0))
+        cs = c_pos * s
+        C_pos, S_pos = jnp.cos(cs), jnp.sin(cs) / c_pos
+
+        c_neg = jnp.sqrt(_safe(neg, -i, 1.0))
+        S_neg = jnp.tanh(c_neg * s) / c_neg  # C_neg = 1 after dividing both by cosh
+
+        u = -_safe(small, i, 0.0) * s * s
+        C_small = 1.0 + u * (1.0 / 2 + u * (1.0 / 24 + u * (1.0 / 720 + u / 40320)))
+        S_small = s * (1.0 + u * (1.0 / 6 + u * (1.0 / 120 + u * (1.0 / 5040 + u / 362880))))
+
+        C = jnp.where(pos, C_pos, jnp.where(neg, 1.0, C_small))
+        S = jnp.where(pos, S_pos, jnp.where(neg, S_neg, S_small))
+        return C, S
+
+    def _riccati_basis_polynomial(self, i, s, doublings):
+        """``C(s), S(s)`` without transcendental functions (fast path of :meth:`advance`).
+
+        A Taylor series at ``s / 2**doublings`` followed by ``doublings`` steps of
+        ``C(2s) = C^2 - I S^2, S(2s) = 2 S C``. Accurate to rounding while
+        ``|I| s**2 <= 4**doublings`` (``in_range``); entire in ``I``, so there are no
+        branches and the derivatives are finite everywhere. From the fifth doubling on
+        both are divided by ``max(1, |C|)`` (a positive factor, irrelevant for the
+        projective state) so that strong negative currents cannot overflow.
+        """
+        scale = 0.5**doublings
+        s_r = s * scale
+        u = -i * s_r * s_r
+        in_range = jnp.abs(u) <= 1.0
+        C = _horner(_COS_SERIES, u)
+        S = s_r * _horner(_SIN_SERIES, u)
+        for step in range(doublings):
+            C, S = C * C - i * S * S, 2.0 * S * C
+            if step >= 4:  # |C| <= cosh(2**step) fits float32 up to here
+                norm = jnp.maximum(1.0, jnp.abs(C))
+                C, S = C / norm, S / norm
+        return C, S, in_range
+
+    def advance(self, state, i, dt, max_spikes=1, doublings=3):
+        """Advance the internal state over an event-free interval of length ``dt``.
+
+        Spikes inside the interval need no special treatment: the Moebius flow passes
+        through ``V = +inf = -inf`` continuously, so the end state is exact for any
+        number of spikes (``max_spikes`` is not needed).
+
+        Returns
+        -------
+        state, i
+            State and current at the end of the interval.
+        maybe_spiked : bool array
+            True where the interval may hold spikes (``q`` changed sign, or the drive
+            is strong enough for two zeros); :meth:`spikes_in_interval` gives the
+            exact count and times.
+        overflow : bool array
+            True where ``|I| s**2`` exceeded the range of ``doublings``.
+        """
+        p, q = state
+        x, s = self.decay(dt)
+        C, S, in_range = self._riccati_basis_polynomial(i, s, doublings)
+        p1 = x * (p * C + q * i * S)
+        q1 = q * C - p * S
+        # Keep q >= 0; q == 0 with p > 0 is the spike itself, stored as its reset (-1, 0).
+        flip = (q1 < 0) | ((q1 == 0) & (p1 > 0))
+        sign = jnp.where(flip, -1.0, 1.0)
+        norm2 = p1 * p1 + q1 * q1
+        inv_norm = sign * jax.lax.rsqrt(_safe(norm2 > 0, norm2, 1.0))
+        new_state = (p1 * inv_norm, q1 * inv_norm)
+        # Two or more spikes need the phase c*s to advance by at least pi.
+        maybe_spiked = flip | (i * s * s >= jnp.pi**2)
+        return new_state, i * x * x, maybe_spiked, ~in_range
+
+    def _first_spike_s(self, state, i):
+        """First spike in rescaled time ``s`` (``inf`` if none for any ``s``), and ``c``.
+
+        Returns ``(s0, c_pos, pos)`` where ``c_pos = sqrt(I)`` on the I > 0 branch
+        (later spikes follow every ``pi / c_pos`` in ``s``).
+        """
+        p, q = state
+        pos = i > _SMALL_CURRENT
+        neg = i < -_SMALL_CURRENT
+        small = ~(pos | neg)
+
+        # I > 0: y(s) = q cos(cs) - p sin(cs)/c first vanishes at atan2(cq, p) / c.
+        c_pos = jnp.sqrt(_safe(pos, i, 1.0))
+        s_pos = jnp.arctan2(c_pos * q, p) / c_pos
+
+        # I < 0: one zero at atanh(cq/p)/c if p > c q; checked without dividing.
+        c_neg = jnp.sqrt(_safe(neg, -i, 1.0))
+        neg_fires = neg & (p > c_neg * q)
+        ratio = _safe(neg_fires, c_neg * q / _safe(neg_fires, p, 1.0), 0.0)
+        s_neg = jnp.arctanh(ratio) / c_neg
+
+        # |I| small: s0 = r G(z), r = q/p, z = I r^2, G = atan(sqrt z)/sqrt z (series).
+        # Only p > q/2 can fire before s = 1 (r < 2 keeps the series convergent).
+        small_fires = small & (2.0 * p > q)
+        r = _safe(small_fires, q / _safe(small_fires, p, 1.0), 0.0)
+        z = _safe(small, i, 0.0) * r * r
+        s_small = r * (1.0 + z * (-1.0 / 3 + z * (1.0 / 5 + z * (-1.0 / 7 + z / 9))))
+
+        s0 = jnp.where(pos, s_pos, jnp.where(neg_fires, s_neg, jnp.where(small_fires, s_small, jnp.inf)))
+        return s0, c_pos, pos
+
+    def time_to_spike(self, v, i):
+        """Time until the next spike from voltage ``v`` and current ``i`` (``inf`` if none).
+
+        Parameters
+        ----------
+        v, i : array_like
+            Membrane voltage and synaptic current (broadcast elementwise).
+
+        Returns
+        -------
+        dt : jax.Array
+            Time to the next spike, in the units of ``tau``.
+        """
+        v, i = jnp.asarray(v), jnp.asarray(i)
+        v, i = jnp.broadcast_arrays(v, i)
+        s0, _, _ = self._first_spike_s(self.state_from_voltage(v), i)
+        return self._s_to_dt(s0)
+
+    def _s_to_dt(self, s):
+        fires = s < 1.0
+        return jnp.where(fires, -self.tau * jnp.log1p(-_safe(fires, s, 0.0)), jnp.inf)
+
+    def flow(self, v, i, dt):
+        """Voltage and current after ``dt`` without input events.
+
+        Valid for ``dt`` up to :meth:`time_to_spike` (at that time ``V = +inf``).
+        Beyond it the returned voltage already includes the reset (theta-neuron
+        continuation).
+
+        Parameters
+        ----------
+        v, i : array_like
+            Initial voltage and synaptic current.
+        dt : array_like
+            Elapsed time (>= 0).
+
+        Returns
+        -------
+        v, i : jax.Array
+        """
+        v, i, dt = jnp.broadcast_arrays(jnp.asarray(v), jnp.asarray(i), jnp.asarray(dt))
+        p, q = self.state_from_voltage(v)
+        x, s = self.decay(dt)
+        C, S = self._riccati_basis(i, s)
+        p1 = x * (p * C + q * i * S)
+        q1 = q * C - p * S
+        q_safe = _safe(q1 != 0, q1, 1.0)
+        v1 = jnp.where(q1 != 0, p1 / q_safe, jnp.where(p1 > 0, jnp.inf, -jnp.inf))  # dt = 0 from -inf: -inf
+        return v1, i * x * x
+
+    def spikes_in_interval(self, state, i, dt, max_spikes):
+        """Spike-time offsets inside an event-free interval of length ``dt``.
+
+        Returns
+        -------
+        offsets : jax.Array, shape ``state.shape + (max_spikes,)``
+            Time of each spike after the interval start (``inf`` where none).
+        count : jax.Array of int
+            Number of spikes in the interval (may exceed ``max_spikes``).
+        """
+        s0, c_pos, pos = self._first_spike_s(state, i)
+        _, s_end = self.decay(dt)
+        k = jnp.arange(max_spikes, dtype=s0.dtype)
+        period = jnp.where(pos, jnp.pi / c_pos, 2.0)  # not inf: 0 * inf = nan at k = 0; 2 > s_end
+        s_k = s0[..., None] + k * period[..., None]
+        valid = s_k <= s_end[..., None]
+        # Count all spikes, also beyond max_spikes, to report budget overflows.
+        n_pos = jnp.floor((_safe(pos, s_end, 0.0) - _safe(s0 <= s_end, s0, 0.0)) / _safe(pos, period, 1.0)) + 1
+        count = jnp.where(s0 <= s_end, jnp.where(pos, n_pos, 1.0), 0.0).astype(jnp.int32)
+        offsets = jnp.where(valid, self._s_to_dt(_safe(valid, s_k, 0.0)), jnp.inf)
+        return offsets, count
+
+    # --- pseudodynamics ------------------------------------------------------------
+    def pseudo_drive(self, preactivation):
+        """Suprathreshold pseudodynamics drive ``a**2 > 0`` from a rate pre-activation."""
+        return _softplus(preactivation, self.pseudo_softness) + 1e-3
+
+    def time_to_pseudospike(self, state, drive):
+        r"""Time from ``state`` to the next pseudospike under constant drive.
+
+        After the trial the neuron follows :math:`\tau \dot V = (V - 1/2)^2 + a^2`
+        (a constant suprathreshold current ``1/4 + a**2``), period
+        :math:`\Theta = \pi \tau / a`.
+
+        Returns
+        -------
+        dt, period : jax.Array
+        """
+        p, q = state
+        a = jnp.sqrt(drive)
+        # (pi/2 - atan(u/a)) / a with u = V - 1/2 = (p - q/2)/q, smooth through q = 0.
+        dt = self.tau * jnp.arctan2(a * q, p - 0.5 * q) / a
+        return dt, jnp.pi * self.tau / a
+
+
+@dataclasses.dataclass(frozen=True)
+class LIF(NeuronModel):
+    r"""Leaky integrate-and-fire neuron, :math:`\tau \dot V = -V + I`.
+
+    Threshold ``v_th``, reset to 0. Between events
+    :math:`V = (V_0 + I_0) x - I_0 x^2` with :math:`x = e^{-t/\tau}`, so threshold
+    crossings are roots of a quadratic in ``x``. LIF has no pseudodynamics: a
+    silent LIF neuron receives no gradient (the dead-neuron problem the QIF
+    pseudodynamics avoid).
+
+    Parameters
+    ----------
+    tau : float
+        Membrane time constant (model time units).
+    v_th : float
+        Firing threshold (> 0).
+    """
+
+    v_th: float = 1.0
+
+    name = "lif"
+    has_pseudodynamics = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.v_th > 0:
+            raise ValueError(f"v_th must be positive, got {self.v_th!r}")
+
+    def state_from_voltage(self, v):
+        return (jnp.asarray(v),)
+
+    def voltage_from_state(self, state):
+        return state[0]
+
+    def _crossing_x(self, v, i):
+        """Largest root ``x`` in (0, 1) of ``V(x) = v_th`` (the first crossing), else 0."""
+        vi = v + i
+        disc = vi * vi - 4.0 * i * self.v_th
+        # Concave in x with V(0) = 0 < v_th and V(1) = v: a crossing needs I > 0, the
+        # vertex (v + I) / 2I inside (0, 1) and a positive discriminant.
+        fires = (i > 0) & (vi > 0) & (v < i) & (disc > 0) & (v < self.v_th)
+        i_s = _safe(fires, i, 1.0)
+        x = (_safe(fires, vi, 2.0) + jnp.sqrt(_safe(fires, disc, 1.0))) / (2.0 * i_s)
+        return jnp.where(fires, x, 0.0), fires
+
+    def time_to_spike(self, v, i):
+        """Time until ``V`` reaches ``v_th`` (``inf`` if it never does)."""
+        v, i = jnp.broadcast_arrays(jnp.asarray(v), jnp.asarray(i))
+        x, fires = self._crossing_x(v, i)
+        return jnp.where(fires, -self.tau * jnp.log(_safe(fires, x, 1.0)), jnp.inf)
+
+    def flow(self, v, i, dt):
+        """Voltage and current after ``dt`` without events or spikes (see :class:`QIF`)."""
+        v, i, dt = jnp.broadcast_arrays(jnp.asarray(v), jnp.asarray(i), jnp.asarray(dt))
+        x, _ = self.decay(dt)
+        return (v + i) * x - i * x * x, i * x * x
+
+    def _interval(self, v, i, dt, max_spikes):
+        """Crossings, resets and end voltage over an event-free interval.
+
+        Handles up to ``max_spikes`` threshold crossings. Returns the ``x`` of each
+        crossing (0 where none), the end voltage, and ``overflow`` where the neuron
+        would cross once more inside the interval.
+        """
+        x_end, _ = self.decay(dt)
+        crossings = []
+        x_start = jnp.ones_like(v)  # x at the last reset (or the interval start)
+        for _ in range(max_spikes):
+            x_c, fires = self._crossing_x(v, i)
+            x_abs = x_start * x_c
+            spiked = fires & (x_abs > x_end)
+            crossings.append(jnp.where(spiked, x_abs, 0.0))
+            x_c_safe = _safe(spiked, x_c, 1.0)
+            # Restart from the reset V = 0 with the current at the spike time.
+            i = jnp.where(spiked, i * x_c_safe * x_c_safe, i)
+            v = jnp.where(spiked, jnp.zeros_like(v), v)
+            x_start = jnp.where(spiked, x_abs, x_start)
+        x_c, fires = self._crossing_x(v, i)
+        overflow = fires & (x_start * x_c > x_end)
+        x_rest = x_end / x_start
+        v_end = (v + i) * x_rest - i * x_rest * x_rest
+        return jnp.stack(crossings, axis=-1), v_end, overflow
+
+    def advance(self, state, i, dt, max_spikes=1, doublings=None):
+        """Advance over an event-free interval with up to ``max_spikes`` spikes and resets.
+
+        Returns ``(state, i, spiked, range_overflow)``. LIF needs no range
+        (``range_overflow`` is always False); more crossings than ``max_spikes`` show
+        up in the count of :meth:`spikes_in_interval` for the same interval.
+        """
+        (v,) = state
+        crossings, v_end, _ = self._interval(v, i, dt, max_spikes)
+        x_end, _ = self.decay(dt)
+        return (v_end,), i * x_end * x_end, crossings[..., 0] > 0, jnp.zeros(jnp.shape(v), bool)
+
+    def spikes_in_interval(self, state, i, dt, max_spikes):
+        """Spike-time offsets inside an interval (see :meth:`QIF.spikes_in_interval`).
+
+        ``count`` includes one extra spike where ``max_spikes`` overflowed.
+        """
+        (v,) = state
+        crossings, _, overflow = self._interval(v, i, dt, max_spikes)
+        fired = crossings > 0
+        offsets = jnp.where(fired, -self.tau * jnp.log(_safe(fired, crossings, 1.0)), jnp.inf)
+        return offsets, jnp.sum(fired, axis=-1).astype(jnp.int32) + overflow
+
+    def time_to_pseudospike(self, state, drive):
+        raise TypeError("LIF neurons have no pseudodynamics")
+
+    def pseudo_drive(self, preactivation):
+        raise TypeError("LIF neurons have no pseudodynamics")
+
+
+_MODELS = {"qif": QIF, "lif": LIF}
+
+
+def get_neuron(neuron, **kwargs):
+    """Return a neuron model from a name (``"qif"`` / ``"lif"``) or pass one through.
+
+    Parameters
+    ----------
+    neuron : str or NeuronModel
+    **kwargs
+        Constructor arguments (e.g. ``tau``) when ``neuron`` is a name.
+    """
+    if isinstance(neuron, NeuronModel):
+        if kwargs:
+            return dataclasses.replace(neuron, **kwargs)
+        return neuron
+    try:
+        cls = _MODELS[str(neuron).lower()]
+    except KeyError:
+        raise ValueError(f"neuron must be one of {sorted(_MODELS)}, got {neuron!r}") from None
+    return cls(**kwargs)
