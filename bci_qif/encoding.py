@@ -83,14 +83,16 @@ class CSPPowerEncoder(TransformerMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit CSP filters and envelope statistics on training trials."""
         from mne.decoding import CSP
+        from mne.utils import use_log_level
 
         X = _check_trials(X)
         y = np.asarray(y)
         if len(np.unique(y)) < 2:
             raise ValueError("CSP needs trials of at least two classes")
         n_components = min(int(self.n_components), X.shape[1])
-        csp = CSP(n_components=n_components, reg=self.reg, log=True, norm_trace=False, verbose=False)
-        csp.fit(X, y)
+        csp = CSP(n_components=n_components, reg=self.reg, log=True, norm_trace=False)
+        with use_log_level("WARNING"):  # CSP logs every covariance estimate at INFO
+            csp.fit(X, y)
         self.filters_ = np.asarray(csp.filters_[:n_components], dtype=np.float64)
         env = self._envelopes(X)
         self.mean_ = env.mean(axis=(0, 2))

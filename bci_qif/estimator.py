@@ -120,6 +120,13 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        # Trials are 3-D (n_trials, n_channels, n_times), not a 2-D feature matrix.
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
     # --- helpers -------------------------------------------------------------------
     def _neuron_model(self):
         # Model time is measured in units of tau (tau = 1), seconds * time_scale.
@@ -214,7 +221,9 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
     def _simulate(self, X):
         check_is_fitted(self, "params_")
-        data, _, _ = _as_trials(X, self.sfreq_)
+        data, sfreq, _ = _as_trials(X, self.sfreq_)
+        if sfreq != self.sfreq_:
+            raise ValueError(f"X is sampled at {sfreq} Hz, the model was trained at {self.sfreq_} Hz")
         if data.shape[1] != self.n_channels_:
             raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
         times, currents = self._events(data)
@@ -254,6 +263,78 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             "spikes_per_trial": metrics["spikes_per_trial"],
         }
 
+    def decode_windows(self, X, *, budget=None):
+        """Decode windows of a continuous recording and report what the network did.
+
+        The real-time decoder (:mod:`bci_qif.realtime`) calls this on the latest
+        sliding window. Each window is simulated for its own length (it may be
+        shorter or longer than a training trial), and every field is a plain NumPy
+        array, so results can cross threads and be plotted.
+
+        Parameters
+        ----------
+        X : array, shape (n_windows, n_channels, n_times)
+            Windows preprocessed like the training trials: channels in the order of
+            ``ch_names_``, sampled at ``sfreq_``.
+        budget : bci_qif.network.Budget, optional
+            Event budget to start from; pass back ``result["budget"]`` of the
+            previous call to avoid recompiling the simulation.
+
+        Returns
+        -------
+        result : dict
+            ``probabilities`` (n_windows, n_classes): ``softmax(-t / readout_tau)`` of the
+            output first-spike times ``t``; ``prediction`` (n_windows,): the class
+            (from ``classes_``) of the earliest output spike, ``predicted_index`` its
+            index; ``first_spike_times`` (n_windows, n_classes) in seconds from the
+            window start (pseudospikes come after the window end); ``ordinary``
+            (n_windows, n_classes) bool; per layer (hidden layers, then output):
+            ``spike_counts`` (n_windows, n_neurons) ordinary spikes, ``spike_times``
+            and ``spike_sources`` (one array per window: ordinary spike times in
+            seconds from the window start, and the neuron of each) and
+            ``silent_fraction`` (n_windows, n_layers), the share of neurons without an
+            ordinary spike; ``window_s``; ``budget``.
+        """
+        check_is_fitted(self, "params_")
+        data = np.asarray(X)
+        if data.ndim != 3:
+            raise ValueError(f"X must be an array (n_windows, n_channels, n_times), got shape {data.shape}")
+        if data.shape[1] != self.n_channels_:
+            raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
+        if data.shape[0] < 1 or data.shape[2] < 1:
+            raise ValueError(f"X must hold at least one window of at least one sample, got shape {data.shape}")
+        scale = self._time_scale
+        window_s = data.shape[2] / float(self.sfreq_)
+        times, currents = self._events(data)
+        result, budget = network.simulate(self.params_, times, currents, self._neuron_model(),
+                                          T=window_s * scale, budget=budget)
+        t = np.asarray(result.first_spike_times, dtype=np.float64)
+        logits = -t / float(self.readout_tau)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        predicted = np.argmin(t, axis=1)
+        counts = [np.asarray(c) for c in result.spike_counts]
+        spike_times, spike_sources = [], []
+        for layer_times, layer_sources in zip(result.spike_times, result.spike_sources):
+            layer_times, layer_sources = np.asarray(layer_times), np.asarray(layer_sources)
+            keep = np.isfinite(layer_times)  # unused budget slots are inf
+            spike_times.append([row[k] / scale for row, k in zip(layer_times, keep)])
+            spike_sources.append([row[k] for row, k in zip(layer_sources, keep)])
+        return {
+            "probabilities": probabilities,
+            "prediction": self.classes_[predicted],
+            "predicted_index": predicted,
+            "first_spike_times": t / scale,
+            "ordinary": np.asarray(result.ordinary),
+            "spike_counts": counts,
+            "spike_times": spike_times,
+            "spike_sources": spike_sources,
+            "silent_fraction": np.stack([np.mean(c == 0, axis=1) for c in counts], axis=1),
+            "window_s": window_s,
+            "budget": budget,
+        }
+
     # --- persistence -----------------------------------------------------------------
     def _model_arrays(self, params):
         arrays = {f"model/{k}": np.asarray(leaf) for k, leaf in enumerate(jax.tree_util.tree_leaves(params))}
@@ -279,11 +360,21 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
         save_checkpoint(path, arrays, dict(self._model_meta(state.best_params), training=train_meta))
 
-    def save(self, path):
-        """Save the fitted model (weights, encoder, classes, preprocessing facts) to ``path``."""
+    def save(self, path, context=None):
+        """Save the fitted model to ``path`` (one ``.npz`` file, no pickle).
+
+        Parameters
+        ----------
+        path : str or Path
+        context : dict, optional
+            JSON-able facts stored with the model and returned by :meth:`load` as
+            ``context_`` (e.g. the preprocessing configuration and class names, which
+            the real-time decoder needs).
+        """
         check_is_fitted(self, "params_")
         save_checkpoint(path, self._model_arrays(self.params_),
-                        dict(self._model_meta(self.params_), training={"history": self.history_}))
+                        dict(self._model_meta(self.params_), training={"history": self.history_},
+                             context=context or {}))
 
     def _load_training_state(self, path, params, config, n_train):
         arrays, meta = load_checkpoint(path)
@@ -310,7 +401,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         arrays, meta = load_checkpoint(path)
         if meta.get("kind") != "bci_qif.QIFClassifier":
             raise ValueError(f"{path} is not a QIFClassifier checkpoint")
-        params = {k: (tuple(v) if k == "hidden_layer_sizes" else v) for k, v in meta["estimator_params"].items()}
+        params = {k: (tuple(v) if k == "hidden_layer_sizes" and isinstance(v, list) else v)
+                  for k, v in meta["estimator_params"].items()}
         model = cls(**params)
         sizes = meta["layer_sizes"]
         leaves = [arrays[f"model/{k}"] for k in range(2 * (len(sizes) - 1))]
@@ -324,4 +416,5 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         model.T_, model.sfreq_, model.ch_names_ = meta["T"], meta["sfreq"], meta["ch_names"]
         model.n_channels_ = meta["n_channels"]
         model.history_ = meta.get("training", {}).get("history", [])
+        model.context_ = meta.get("context", {})
         return model

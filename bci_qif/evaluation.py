@@ -145,7 +145,9 @@ class EvalData:
         ----------
         ts : object
             E.g. :class:`bci_qif.trials.TrialSet`; read by attribute only, so any
-            object with those attributes works.
+            object with those attributes works. Integer labels index
+            ``class_names`` (as in a TrialSet); names of classes absent from the set
+            are dropped. The decision window for the ITR is ``n_times / sfreq``.
 
         Returns
         -------

@@ -388,22 +388,29 @@ class LIF(NeuronModel):
     def voltage_from_state(self, state):
         return state[0]
 
-    def _crossing_x(self, v, i):
-        """Largest root ``x`` in (0, 1) of ``V(x) = v_th`` (the first crossing), else 0."""
+    def _crossing(self, v, i):
+        """First threshold crossing: ``(x, log x, fires)`` with ``x = exp(-t / tau)``.
+
+        ``x`` is the largest root in (0, 1) of ``V(x) = v_th``. ``log x`` is computed
+        from ``1 - x = 2 (v_th - v) / ((I - v) + sqrt(disc))``, which has no
+        cancellation just below threshold. Where no crossing exists ``x = 0`` and
+        ``log x = -inf``.
+        """
         vi = v + i
         disc = vi * vi - 4.0 * i * self.v_th
         # Concave in x with V(0) = 0 < v_th and V(1) = v: a crossing needs I > 0, the
         # vertex (v + I) / 2I inside (0, 1) and a positive discriminant.
         fires = (i > 0) & (vi > 0) & (v < i) & (disc > 0) & (v < self.v_th)
-        i_s = _safe(fires, i, 1.0)
-        x = (_safe(fires, vi, 2.0) + jnp.sqrt(_safe(fires, disc, 1.0))) / (2.0 * i_s)
-        return jnp.where(fires, x, 0.0), fires
+        v_s, i_s = _safe(fires, v, 0.0), _safe(fires, i, 1.0)
+        y = 2.0 * (self.v_th - v_s) / ((i_s - v_s) + jnp.sqrt(_safe(fires, disc, 1.0)))
+        y = _safe(fires, y, 0.5)
+        return jnp.where(fires, 1.0 - y, 0.0), jnp.where(fires, jnp.log1p(-y), -jnp.inf), fires
 
     def time_to_spike(self, v, i):
         """Time until ``V`` reaches ``v_th`` (``inf`` if it never does)."""
         v, i = jnp.broadcast_arrays(jnp.asarray(v), jnp.asarray(i))
-        x, fires = self._crossing_x(v, i)
-        return jnp.where(fires, -self.tau * jnp.log(_safe(fires, x, 1.0)), jnp.inf)
+        _, log_x, fires = self._crossing(v, i)
+        return jnp.where(fires, -self.tau * _safe(fires, log_x, 0.0), jnp.inf)
 
     def flow(self, v, i, dt):
         """Voltage and current after ``dt`` without events or spikes (see :class:`QIF`)."""
@@ -414,26 +421,26 @@ class LIF(NeuronModel):
     def _interval(self, v, i, dt, max_spikes):
         """Crossings, resets and end voltage over an event-free interval.
 
-        Handles up to ``max_spikes`` threshold crossings. Returns the ``x`` of each
-        crossing (0 where none), the end voltage, and ``overflow`` where the neuron
-        would cross once more inside the interval.
+        Handles up to ``max_spikes`` threshold crossings. Returns ``log x`` of each
+        crossing (``x = exp(-offset / tau)``; ``-inf`` where none), the end voltage,
+        and ``overflow`` where the neuron would cross once more inside the interval.
         """
-        x_end, _ = self.decay(dt)
+        log_x_end = -jnp.asarray(dt) / self.tau
         crossings = []
-        x_start = jnp.ones_like(v)  # x at the last reset (or the interval start)
+        log_x_start = jnp.zeros_like(v)  # log x at the last reset (or the interval start)
         for _ in range(max_spikes):
-            x_c, fires = self._crossing_x(v, i)
-            x_abs = x_start * x_c
-            spiked = fires & (x_abs > x_end)
-            crossings.append(jnp.where(spiked, x_abs, 0.0))
+            x_c, log_x_c, fires = self._crossing(v, i)
+            log_x_abs = log_x_start + _safe(fires, log_x_c, 0.0)
+            spiked = fires & (log_x_abs > log_x_end)
+            crossings.append(jnp.where(spiked, log_x_abs, -jnp.inf))
             x_c_safe = _safe(spiked, x_c, 1.0)
             # Restart from the reset V = 0 with the current at the spike time.
             i = jnp.where(spiked, i * x_c_safe * x_c_safe, i)
             v = jnp.where(spiked, jnp.zeros_like(v), v)
-            x_start = jnp.where(spiked, x_abs, x_start)
-        x_c, fires = self._crossing_x(v, i)
-        overflow = fires & (x_start * x_c > x_end)
-        x_rest = x_end / x_start
+            log_x_start = jnp.where(spiked, log_x_abs, log_x_start)
+        _, log_x_c, fires = self._crossing(v, i)
+        overflow = fires & (log_x_start + _safe(fires, log_x_c, 0.0) > log_x_end)
+        x_rest = jnp.exp(log_x_end - log_x_start)
         v_end = (v + i) * x_rest - i * x_rest * x_rest
         return jnp.stack(crossings, axis=-1), v_end, overflow
 
@@ -447,7 +454,7 @@ class LIF(NeuronModel):
         (v,) = state
         crossings, v_end, _ = self._interval(v, i, dt, max_spikes)
         x_end, _ = self.decay(dt)
-        return (v_end,), i * x_end * x_end, crossings[..., 0] > 0, jnp.zeros(jnp.shape(v), bool)
+        return (v_end,), i * x_end * x_end, crossings[..., 0] > -jnp.inf, jnp.zeros(jnp.shape(v), bool)
 
     def spikes_in_interval(self, state, i, dt, max_spikes):
         """Spike-time offsets inside an interval (see :meth:`QIF.spikes_in_interval`).
@@ -456,8 +463,8 @@ class LIF(NeuronModel):
         """
         (v,) = state
         crossings, _, overflow = self._interval(v, i, dt, max_spikes)
-        fired = crossings > 0
-        offsets = jnp.where(fired, -self.tau * jnp.log(_safe(fired, crossings, 1.0)), jnp.inf)
+        fired = crossings > -jnp.inf
+        offsets = jnp.where(fired, -self.tau * _safe(fired, crossings, 0.0), jnp.inf)
         return offsets, jnp.sum(fired, axis=-1).astype(jnp.int32) + overflow
 
     def time_to_pseudospike(self, state, drive):

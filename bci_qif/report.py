@@ -187,7 +187,8 @@ def _plot_per_subject(results: pd.DataFrame, metric: str, path: Path, n_classes)
     ax.set_xticks(x, [str(s) for s in subjects])
     ax.set_xlabel("subject")
     ax.set_ylabel(f"{metric} (mean over folds)")
-    ax.legend(fontsize="small", ncol=min(len(pipelines) + 1, 4))
+    # Legend outside the axes: with many subjects there is no free corner inside.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -384,3 +385,22 @@ def write_report(
     paths["markdown"].write_text("\n".join(lines), encoding="utf-8")
     logger.info("Wrote report to %s", out_dir)
     return paths
+
+
+def plot_training_curves(history, path) -> Path:
+    """Plot one training history (loss, acc, acc_ord, silent fraction per epoch) to a PNG.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame | list of dict
+        Per-epoch records with an ``epoch`` column and any of the curve columns; a
+        ``pipeline`` column names the line (default ``"model"``).
+    path : str | Path
+        PNG file to write.
+    """
+    frame = pd.DataFrame(history)
+    if "pipeline" not in frame.columns:
+        frame = frame.assign(pipeline="model")
+    path = Path(path)
+    _plot_histories(_histories_frame([frame]), path)
+    return path

@@ -269,7 +269,7 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
     @jax.jit
     def apply_update(params, opt_state, grads):
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
     bar = tqdm(range(state.epoch, config.epochs), initial=state.epoch, total=config.epochs,
                desc=f"train {neuron.name}", disable=not progress, leave=False)
@@ -308,6 +308,8 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
         }
         for layer, c in enumerate(hidden_counts or []):
             row[f"silent_fraction_{layer + 1}"] = float(np.mean(c == 0))
+        if hidden_counts:
+            row["silent_fraction"] = float(np.mean(np.concatenate(hidden_counts) == 0))
         if validation is not None:
             val_metrics, state.budget = evaluate_network(
                 state.params, times, validation[0], validation[1], neuron, T, batch_size=batch_size,

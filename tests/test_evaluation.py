@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import types
 from pathlib import Path
 
@@ -21,18 +20,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCORES_IN_UNIT_INTERVAL = ["accuracy", "balanced_accuracy", "roc_auc", "f1"]
 
 
-def _data_root() -> Path:
-    if os.environ.get("MNE_DATA"):
-        return Path(os.environ["MNE_DATA"])
-    return Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
 @pytest.fixture(scope="module")
-def eeg() -> EvalData:
-    """Left/right fist imagery of two subjects: runs 4, 8, 12, 8-30 Hz, 0-3 s."""
+def eeg(data_root) -> EvalData:
+    """Left/right fist imagery of two subjects: runs 4, 8, 12, 8-30 Hz, 0-3 s.
+
+    ``data_root`` (tests/conftest.py): env MNE_DATA, else ../shared/datasets.
+    """
     import mne
 
-    root = _data_root()
+    root = data_root
     X, y, subjects = [], [], []
     with mne.utils.use_log_level("ERROR"):
         for subject in SUBJECTS:

@@ -152,11 +152,12 @@ def lif_reference(v0, i0, tau, v_th, targets, *, reset=True):
             sol = solve_ivp(fun, (t, target), y, method="DOP853", rtol=RTOL_ODE, atol=ATOL_ODE, events=[cross, peak])
             assert sol.status >= 0, sol.message
             first = sol.t_events[0][0] if len(sol.t_events[0]) else np.inf
-            if any(yp[0] > v_th and tp < first for tp, yp in zip(sol.t_events[1], sol.y_events[1])):
-                # a grazing crossing fell between two steps: again, with short steps
-                sol = solve_ivp(
-                    fun, (t, target), y, method="DOP853", rtol=RTOL_ODE, atol=ATOL_ODE, events=[cross], max_step=tau / 64
-                )
+            missed = [tp for tp, yp in zip(sol.t_events[1], sol.y_events[1]) if yp[0] > v_th and tp < first]
+            if missed:
+                # a grazing crossing fell between two steps; integrating up to the peak
+                # (above threshold) puts a sign change of the event inside the last step
+                sol = solve_ivp(fun, (t, missed[0]), y, method="DOP853", rtol=RTOL_ODE, atol=ATOL_ODE, events=[cross])
+                assert len(sol.t_events[0]), "started above threshold?"
             spikes.extend(sol.t_events[0])
             if sol.status == 1:
                 t, y = float(sol.t_events[0][0]), [0.0, float(sol.y_events[0][0][1])]
@@ -241,6 +242,7 @@ def lif_cases(seed, v_th, n=6):
     for i in rng.uniform(0.0, 20.0, n):
         cases.append(("after reset", 0.0, i))
     cases.append(("after reset", 0.0, 4.0 * v_th * (1 + 1e-3)))  # just above the tangency
+    cases.append(("after reset", 0.0, 4.0 * v_th * (1 + 1e-6)))  # a grazing crossing
     return cases
 
 
@@ -330,12 +332,13 @@ def test_lif_time_to_spike_matches_ode(tau, v_th):
     never = ~np.isfinite(t_ref)
     np.testing.assert_array_equal(np.isinf(t), never)
     assert 3 < never.sum() < len(cases) - 3
-    # absolute floor: from V = v_th - 1e-9 the crossing time ~1e-9 tau is computed as
-    # -tau log(x) with x = 1 - O(1e-9), which carries an absolute error ~ eps * tau
+    # relative 1e-8 with an absolute floor of 1e-14 tau: from V = v_th - 1e-9 the
+    # crossing time ~1e-9 tau is computed as -tau log(x) with x = 1 - O(1e-9), whose
+    # error is ~ eps * tau absolute (1e-7 relative)
     err = np.zeros(len(t))
-    err[~never] = np.abs(t[~never] - t_ref[~never]) / (t_ref[~never] + 1e-14 / 1e-8 * tau)
+    err[~never] = np.abs(t[~never] - t_ref[~never]) - 1e-8 * t_ref[~never] - 1e-14 * tau
     worst = np.argmax(err)
-    assert err.max() < 1e-8, (regime[worst], v0[worst], i0[worst], t[worst], t_ref[worst])
+    assert err.max() <= 0, (regime[worst], v0[worst], i0[worst], t[worst], t_ref[worst])
 
 
 def test_lif_never_fires_cases():
@@ -484,13 +487,13 @@ def test_qif_advance_semigroup_and_reset_state():
 @pytest.mark.parametrize("tau,v_th", [(1.0, 1.0), (0.37, 0.8)])
 def test_lif_spikes_in_interval_and_advance(tau, v_th):
     model = LIF(tau=tau, v_th=v_th)  # eager: the jitted max_spikes loop compiles slowly
-    v0 = np.array([0.0, 0.0, 0.5, 0.0, 0.9, -1.0, 0.0, 0.5, 0.0, -0.5])
-    i0 = np.array([20.0, 60.0, 35.0, 100.0, 12.0, 40.0, 2.0, 0.5, 3.0, -1.0])
+    v0 = np.array([0.0, 0.0, 0.5, 0.0, 0.9, -1.0, 0.0, 0.5, 0.0, -0.5]) * v_th  # below threshold
+    i0 = np.array([20.0, 30.0, 35.0, 50.0, 12.0, 40.0, 2.0, 0.5, 3.0, -1.0])
     dts = np.array([2.0, 3.0, 1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 0.5, 1.0]) * tau
     refs = [lif_reference(v0[k], i0[k], tau, v_th, [dts[k]]) for k in range(len(v0))]
     n_true = np.array([len(r[2]) for r in refs])
     assert (n_true >= 2).sum() >= 4 and (n_true == 0).sum() >= 2
-    for max_spikes in (1, 3, 30):
+    for max_spikes in (1, 3, 20):
         offsets, count = model.spikes_in_interval(model.state_from_voltage(v0), i0, dts, max_spikes)
         offsets, count = _np(offsets), np.asarray(count)
         assert offsets.shape == (len(v0), max_spikes)
@@ -596,13 +599,16 @@ def test_qif_gradients_finite_on_grid(tau):
 def test_qif_huge_voltage_float32():
     """|V| beyond sqrt(float max) must not turn the state into (0, 0) (nan gradients)."""
     model = QIF()
+
+    @jax.jit
+    def run(v, i):
+        grads = jax.vmap(jax.grad(model.time_to_spike, argnums=(0, 1)))(v, i)
+        return model.state_from_voltage(v), model.time_to_spike(v, i), grads
+
     v = jnp.array([1e19, 1e20, 1e30, -1e30], jnp.float32)
-    i = jnp.ones(4, jnp.float32)
-    p, q = model.state_from_voltage(v)
+    (p, q), t, (gv, gi) = run(v, jnp.ones(4, jnp.float32))
     np.testing.assert_allclose(np.asarray(p) ** 2 + np.asarray(q) ** 2, 1.0, rtol=1e-6)
-    t = model.time_to_spike(v, i)
     assert t.dtype == jnp.float32 and np.all(np.asarray(t)[:3] < 1e-18) and np.isinf(np.asarray(t)[3])
-    gv, gi = _grads(_time_to_spike, model, v, i, jnp.zeros(4, jnp.float32))
     assert np.all(np.isfinite(np.asarray(gv)) & np.isfinite(np.asarray(gi)))
 
 

@@ -1,0 +1,190 @@
+"""Command-line interface: ``python app.py <command> ...``.
+
+Commands
+--------
+train      train a spiking decoder on EEGMMIDB subjects and save a checkpoint
+evaluate   compare spiking decoders and classical baselines under a protocol
+
+Every command that reads data takes ``--data-dir`` (else env ``MNE_DATA``, else
+MNE's default data folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import PIPELINE_NAMES, load_config
+from .errors import BCIQIFError, ConfigError
+
+logger = logging.getLogger("bci_qif")
+
+DEFAULT_CONFIG = Path("configs") / "default.yaml"
+
+
+def _subjects(config, override, data_dir):
+    from .datasets import available_subjects
+
+    if override:
+        return [int(s) for s in override]
+    subjects = config["dataset"]["subjects"]
+    if subjects == "all":
+        found = available_subjects(config["dataset"]["task"], data_dir)
+        if not found:
+            raise BCIQIFError(
+                f"no EEGMMIDB subjects found for task {config['dataset']['task']!r} under the data root; "
+                "pass --data-dir, set MNE_DATA, or use --download"
+            )
+        return list(found)
+    return subjects
+
+
+def _load(config, args):
+    from .datasets import load_eegbci
+
+    subjects = _subjects(config, args.subjects, args.data_dir)
+    t0 = time.perf_counter()
+    trials = load_eegbci(subjects, task=config["dataset"]["task"], data_dir=args.data_dir,
+                         preprocessing=config["preprocessing"], download=args.download)
+    logger.info("loaded %s in %.1f s", trials, time.perf_counter() - t0)
+    return trials
+
+
+def _config_path(args):
+    if args.config is not None:
+        return args.config
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def _model(config, **overrides):
+    from .estimator import QIFClassifier
+
+    params = dict(config["model"], **config["training"])
+    params.update(overrides)
+    return QIFClassifier(**params)
+
+
+def cmd_train(args):
+    """Train a decoder, writing checkpoint, model, history and curves to ``--out``."""
+    from .report import plot_training_curves
+
+    config_path = _config_path(args)
+    config = load_config(config_path)
+    out = Path(args.out or Path("runs") / (Path(config_path).stem if config_path else "default"))
+    out.mkdir(parents=True, exist_ok=True)
+    trials = _load(config, args)
+    epochs = trials.to_epochs()
+    model = _model(config, verbose=not args.quiet)
+    if args.epochs is not None:
+        model.set_params(epochs=args.epochs)
+    t0 = time.perf_counter()
+    model.fit(epochs, trials.labels, checkpoint=out / "checkpoint.npz", resume=args.resume)
+    elapsed = time.perf_counter() - t0
+    model.save(out / "model.npz", context={"preprocessing": trials.config, "class_names": trials.class_names,
+                                           "subjects": sorted(set(trials.subjects.tolist()))})
+    history = pd.DataFrame(model.history_)
+    history.to_csv(out / "history.csv", index=False)
+    plot_training_curves(history.assign(pipeline=model.neuron), out / "training_curves.png")
+    last = model.history_[-1]
+    print(f"trained {model.neuron} on {len(trials)} trials in {elapsed:.0f} s: "
+          f"loss {last['loss']:.3f}, acc {last['acc']:.3f}, acc_ord {last['acc_ord']:.3f}"
+          + (f", val_acc_ord {last['val_acc_ord']:.3f}" if "val_acc_ord" in last else ""))
+    print(f"model written to {out / 'model.npz'}")
+    return 0
+
+
+def _pipelines(names, config, sfreq):
+    from .baselines import make_baseline
+
+    factories = {}
+    for name in names:
+        if name in ("qif", "lif"):
+            factories[name] = functools.partial(_model, config, neuron=name, sfreq=sfreq)
+        else:
+            factories[name] = functools.partial(make_baseline, name, sfreq=sfreq)
+    return factories
+
+
+def cmd_evaluate(args):
+    """Evaluate pipelines on the same folds and write results.csv, report.md and figures."""
+    from .evaluation import evaluate
+    from .report import write_report
+
+    config_path = _config_path(args)
+    config = load_config(config_path)
+    evaluation = config["evaluation"]
+    protocol = args.protocol or evaluation["protocol"]
+    names = args.pipelines.split(",") if args.pipelines else evaluation["pipelines"]
+    bad = sorted(set(names) - set(PIPELINE_NAMES))
+    if bad:
+        raise ConfigError(f"unknown pipeline(s) {bad}; choose from {list(PIPELINE_NAMES)}")
+    stem = Path(config_path).stem if config_path else "default"
+    out = Path(args.out or Path("results") / f"{stem}_{protocol}")
+    trials = _load(config, args)
+    t0 = time.perf_counter()
+    results = evaluate(trials, _pipelines(names, config, trials.sfreq), protocol=protocol,
+                       n_splits=args.n_splits or evaluation["n_splits"], n_calibration=evaluation["n_calibration"],
+                       n_jobs=args.n_jobs, seed=evaluation["seed"], progress=not args.quiet)
+    elapsed = time.perf_counter() - t0
+    paths = write_report(results, out, title=f"bci_qif evaluation: {stem}, {protocol}",
+                         extra_histories=results.attrs.get("histories"))
+    columns = [c for c in ("accuracy", "roc_auc", "kappa", "acc_ord") if c in results.columns]
+    summary = results.groupby(["pipeline", "subject"])[columns].mean().groupby("pipeline").agg(["mean", "std"])
+    print(summary.round(3).to_string())
+    print(f"{len(results)} fold results in {elapsed:.0f} s; report: {paths['markdown']}")
+    return 0
+
+
+def build_parser():
+    """The argument parser of ``app.py``."""
+    parser = argparse.ArgumentParser(prog="app.py", description="bci_qif: exact-gradient spiking BCI decoders")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command")
+
+    def data_args(p):
+        p.add_argument("--config", type=Path, help="YAML configuration (default: configs/default.yaml)")
+        p.add_argument("--subjects", nargs="+", type=int, help="EEGMMIDB subject numbers (default: config)")
+        p.add_argument("--data-dir", help="data root holding MNE-eegbci-data/ (default: $MNE_DATA, else MNE's)")
+        p.add_argument("--download", action="store_true", help="download missing EEGMMIDB files (needs internet)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train a spiking decoder")
+    data_args(train)
+    train.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    train.add_argument("--epochs", type=int, help="override the number of epochs")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate decoders against classical baselines")
+    data_args(ev)
+    ev.add_argument("--protocol", choices=["within-subject", "cross-subject"])
+    ev.add_argument("--pipelines", help=f"comma-separated, from {','.join(PIPELINE_NAMES)}")
+    ev.add_argument("--n-splits", type=int, help="folds per subject (within-subject)")
+    ev.add_argument("--n-jobs", type=int, default=1, help="folds fitted in parallel")
+    ev.add_argument("--out", type=Path, help="output folder (default: results/<config>_<protocol>)")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.command is None:
+        args = parser.parse_args(["train", *(argv or [])])
+    try:
+        return args.func(args)
+    except (BCIQIFError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130

@@ -1,0 +1,235 @@
+"""QIFClassifier as a scikit-learn estimator, on real EEG (shared subject 1).
+
+Fits are cheap once the simulator is compiled, and the compiled functions are cached
+per (neuron, trial length, batch shape, event budget): every fit here uses ``SMALL``
+(16 hidden neurons, batches of 15, 3 s trials) so that one compilation serves them all.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils import estimator_checks
+
+import bci_qif
+from bci_qif import QIFClassifier
+from bci_qif.datasets import load_eegbci
+
+# 45 trials of subject 1: batches of 15 divide them; 2 epochs are enough for contract tests.
+SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def trials(data_root):
+    """Subject 1, imagined left vs right fist (runs 4, 8, 12), 8-30 Hz, 0-3 s."""
+    return load_eegbci([1], data_dir=data_root)
+
+
+@pytest.fixture(scope="module")
+def epochs(trials):
+    return trials.to_epochs()
+
+
+@pytest.fixture(scope="module")
+def fitted(trials, epochs):
+    """A QIF classifier fitted on mne.Epochs of subject 1."""
+    return QIFClassifier(**SMALL).fit(epochs, trials.labels)
+
+
+# --- package and scikit-learn contract -------------------------------------------------
+def test_top_level_export_is_lazy():
+    from bci_qif.estimator import QIFClassifier as direct
+
+    assert bci_qif.QIFClassifier is direct
+    assert "QIFClassifier" in bci_qif.__all__ and "QIFClassifier" in dir(bci_qif)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        bci_qif.no_such_name  # noqa: B018
+    # `import bci_qif` alone must not pull in JAX, scikit-learn or MNE.
+    code = "import sys, bci_qif; print(sorted({'jax', 'sklearn', 'mne'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+SKLEARN_CHECKS = [
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimators_unfitted",
+    "check_estimator_repr",
+    "check_estimator_cloneable",
+    "check_mixin_order",
+    "check_do_not_raise_errors_in_init_or_set_params",
+]
+
+
+@pytest.mark.parametrize("check", SKLEARN_CHECKS)
+def test_sklearn_checks_that_apply_to_3d_input(check):
+    getattr(estimator_checks, check)("QIFClassifier", QIFClassifier())
+
+
+def test_tags_say_3d_input_classifier():
+    from sklearn.utils import get_tags
+
+    tags = get_tags(QIFClassifier())
+    assert tags.estimator_type == "classifier"
+    assert tags.input_tags.three_d_array and not tags.input_tags.two_d_array
+
+
+def test_hyperparameters_stored_unchanged():
+    hidden = [8, 4]  # a list, a bad tau and an unknown neuron: __init__ must neither copy nor validate
+    clf = QIFClassifier(neuron="izhikevich", hidden_layer_sizes=hidden, tau=-1.0, patience=3)
+    params = clf.get_params()
+    assert params["hidden_layer_sizes"] is hidden
+    assert (params["neuron"], params["tau"], params["patience"]) == ("izhikevich", -1.0, 3)
+
+
+def test_get_params_set_params_clone_round_trip():
+    clf = QIFClassifier(**SMALL)
+    assert clf.set_params(neuron="lif", epochs=7) is clf
+    assert clf.get_params()["neuron"] == "lif" and clf.epochs == 7
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == clf.get_params()
+    with pytest.raises(ValueError, match="no_such"):
+        clf.set_params(no_such=1)
+
+
+def test_not_fitted_error_before_fit(trials):
+    clf = QIFClassifier(sfreq=trials.sfreq)
+    for method in (clf.predict, clf.predict_proba, clf.decision_function):
+        with pytest.raises(NotFittedError):
+            method(trials.data)
+    with pytest.raises(NotFittedError):
+        clf.score(trials.data, trials.labels)
+    with pytest.raises(NotFittedError):
+        clf.spiking_metrics(trials.data, trials.labels)
+    with pytest.raises(NotFittedError):
+        clf.save("unused.npz")
+
+
+def test_fitted_attributes_end_in_underscore_and_params_untouched(fitted):
+    learned = set(vars(fitted)) - set(fitted.get_params())
+    assert {"classes_", "params_", "encoder_", "history_", "sfreq_", "ch_names_", "n_channels_", "T_"} <= learned
+    assert all(name.endswith("_") for name in learned), sorted(learned)
+    assert fitted.get_params() == dict(QIFClassifier(**SMALL).get_params())
+    # A clone of a fitted model is unfitted.
+    assert not set(vars(clone(fitted))) - set(fitted.get_params())
+
+
+def test_fitted_metadata_from_epochs(fitted, trials):
+    assert fitted.sfreq_ == trials.sfreq and fitted.ch_names_ == list(trials.ch_names)
+    assert fitted.n_channels_ == 64 and list(fitted.classes_) == [0, 1]
+    assert len(fitted.history_) == SMALL["epochs"]
+
+
+# --- outputs ------------------------------------------------------------------------------
+def test_outputs_shapes_and_consistency(fitted, trials, epochs):
+    n = len(trials)
+    proba = fitted.predict_proba(epochs)
+    assert proba.shape == (n, 2) and np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    decision = fitted.decision_function(epochs)
+    assert decision.shape == (n,) and np.all(np.isfinite(decision))
+    predicted = fitted.predict(epochs)
+    assert predicted.shape == (n,) and set(predicted) <= {0, 1}
+    # Binary decision > 0 means class 1 (its output neuron spiked first); so does proba.
+    decided = decision != 0
+    np.testing.assert_array_equal(predicted[decided], (decision[decided] > 0).astype(int))
+    np.testing.assert_array_equal(predicted, fitted.classes_[np.argmax(proba, axis=1)])
+    assert 0.0 <= fitted.score(epochs, trials.labels) <= 1.0
+    # Arrays (sfreq known from the fit) give the same answers as Epochs.
+    np.testing.assert_array_equal(fitted.predict(trials.data), predicted)
+
+
+def test_spiking_metrics(fitted, epochs, trials):
+    metrics = fitted.spiking_metrics(epochs, trials.labels)
+    assert 0.0 <= metrics["acc_ord"] <= 1.0
+    assert 0.0 <= metrics["silent_fraction"] <= 1.0
+    assert metrics["spikes_per_trial"] >= 0
+
+
+def test_arrays_with_sfreq_reproduce_the_epochs_fit(fitted, trials):
+    """Same seed, same trials as an array (and string labels): identical model."""
+    names = np.array(trials.class_names)[trials.labels]
+    clf = QIFClassifier(**SMALL, sfreq=trials.sfreq).fit(trials.data, names)
+    assert list(clf.classes_) == sorted(trials.class_names)
+    for mine, theirs in zip(clf.params_, fitted.params_):
+        for key in ("w", "b"):
+            np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(theirs[key]))
+    np.testing.assert_array_equal(clf.predict(trials.data), clf.classes_[fitted.predict(trials.data)])
+    np.testing.assert_array_equal(clf.predict_proba(trials.data), fitted.predict_proba(trials.data))
+    assert clf.ch_names_ is None and clf.sfreq_ == trials.sfreq
+
+
+# --- composition ----------------------------------------------------------------------------
+def _to_microvolts(X):
+    return X * 1e6
+
+
+def test_pipeline_and_cross_val_score(trials):
+    pipe = Pipeline([
+        ("to_microvolts", FunctionTransformer(_to_microvolts)),
+        ("qif", QIFClassifier(**SMALL, sfreq=trials.sfreq)),
+    ])
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    scores = cross_val_score(pipe, trials.data, trials.labels, cv=cv)
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_grid_search(trials):
+    cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    search = GridSearchCV(QIFClassifier(**dict(SMALL, epochs=1), sfreq=trials.sfreq),
+                          {"learning_rate": [1e-2, 3e-2]}, cv=cv).fit(trials.data, trials.labels)
+    assert search.best_params_["learning_rate"] in (1e-2, 3e-2)
+    assert search.predict(trials.data).shape == (len(trials),)
+
+
+def test_lif_neuron(trials):
+    clf = QIFClassifier(**dict(SMALL, neuron="lif", epochs=1), sfreq=trials.sfreq).fit(trials.data, trials.labels)
+    assert clf.history_[0]["n_nonfinite"] == 0
+    proba = clf.predict_proba(trials.data)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert clf.predict(trials.data).shape == (len(trials),)
+
+
+# --- clear errors ------------------------------------------------------------------------------
+def test_array_without_sfreq_is_an_error(trials):
+    with pytest.raises(ValueError, match="sfreq"):
+        QIFClassifier(**SMALL).fit(trials.data, trials.labels)
+
+
+def test_wrong_shapes_are_errors(trials):
+    clf = QIFClassifier(**SMALL, sfreq=trials.sfreq)
+    with pytest.raises(ValueError, match="n_trials, n_channels, n_times"):
+        clf.fit(trials.data[:, 0], trials.labels)
+    with pytest.raises(ValueError, match="labels"):
+        clf.fit(trials.data, trials.labels[:-1])
+
+
+def test_single_class_is_an_error(trials):
+    left = trials.labels == 0
+    with pytest.raises(ValueError, match="two classes"):
+        QIFClassifier(**SMALL, sfreq=trials.sfreq).fit(trials.data[left], trials.labels[left])
+
+
+@pytest.mark.parametrize("param, value", [("neuron", "izhikevich"), ("dtype", "float16"), ("encoding", "wavelets"),
+                                          ("tau", 0.0)])
+def test_bad_hyperparameters_are_named(trials, param, value):
+    with pytest.raises(ValueError, match=param):
+        QIFClassifier(**SMALL, sfreq=trials.sfreq, **{param: value}).fit(trials.data, trials.labels)
+
+
+def test_predict_rejects_other_channels_or_sfreq(fitted, trials, epochs):
+    with pytest.raises(ValueError, match="10 channels.*64"):
+        fitted.predict(trials.data[:, :10])
+    resampled = epochs.copy()
+    with resampled.info._unlock():
+        resampled.info["sfreq"] = 2 * trials.sfreq
+    with pytest.raises(ValueError, match="Hz"):
+        fitted.predict(resampled)
