@@ -27,9 +27,11 @@ Readout
 The first spike time of every output neuron: the first ordinary spike, else (QIF)
 the first pseudospike after the trial end ``T``. Pseudodynamics drive every neuron
 after ``T`` with a suprathreshold current ``softplus(I(T) + w @ a_prev)`` where
-``a_prev`` is the previous layer's pseudo-activity (spike count plus the phase of
-the next pseudospike; for the first layer the trial-mean input), so silent neurons
-still receive gradients. LIF neurons have no pseudodynamics: a silent LIF output
+``a_prev`` is the previous layer's pseudo-activity (the completed fraction of its
+pseudo cycle at ``T``; for the first layer the trial-mean input), so silent neurons
+still receive gradients. Ordinary spikes enter through ``I(T)``: when a spike moves
+across ``T`` its weight passes between ``I(T)`` and ``w @ a_prev``, which keeps the
+readout continuous. LIF neurons have no pseudodynamics: a silent LIF output
 reads out at ``T`` without gradient.
 """
 
@@ -151,7 +153,7 @@ def init(key, layer_sizes, *, weight_scale=1.0, bias=1.0, dtype=jnp.float32):
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]):
-        w = jax.random.normal(k, (n_out, n_in), dtype) * (weight_scale / np.sqrt(n_in))
+        w = jax.random.normal(k, (n_out, n_in), dtype) * float(weight_scale / np.sqrt(n_in))  # np.float64 promotes under x64
         params.append({"w": w, "b": jnp.full((n_out,), bias, dtype)})
     return params
 
@@ -235,15 +237,16 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
 
     # Spikes are sparse: pick the (interval, neuron) pairs that may hold spikes, in
     # time order, and compute exact spike times for those only.
-    cumulative = _running_count(maybe_spiked)
+    cumulative = _running_count(maybe_spiked > 0)
     n_found = cumulative[-1]
     kept = jnp.arange(n_candidates) < n_found
     index = jnp.searchsorted(cumulative, jnp.arange(1, n_candidates + 1), side="left", method="scan_unrolled")
     index = jnp.where(kept, index, 0)
     interval, source = index // n, index % n
     picked_state = tuple(s.reshape(-1)[index] for s in states)
+    odd = (maybe_spiked.reshape(-1)[index] & 1) == 1
     offsets, counts = neuron.spikes_in_interval(
-        picked_state, currents.reshape(-1)[index], dts[interval], per_interval
+        picked_state, currents.reshape(-1)[index], dts[interval], per_interval, odd=odd
     )
     counts = jnp.where(kept, counts, 0)
     times = jnp.where(kept[:, None], starts[interval][:, None] + offsets, jnp.inf)
@@ -268,9 +271,11 @@ def _pseudo_activity(neuron, layer, pre_activation):
     """Pseudo drive, time to the first pseudospike and pseudo-activity of a layer."""
     drive = neuron.pseudo_drive(layer["current_T"] + pre_activation)
     dt_pseudo, period = neuron.time_to_pseudospike(layer["state_T"], drive)
-    # Spike count plus the completed fraction of the pseudo cycle at T: continuous
-    # in the parameters, it grows as a neuron gets closer to (more) spiking.
-    activity = layer["counts"] + 1.0 - dt_pseudo / period
+    # The completed fraction of the pseudo cycle at T. Ordinary spikes are not added:
+    # they already reached the next layer's current I(T). A spike crossing T moves
+    # weight w from this term (phase -> 1) into I(T) (kick just before T), so the
+    # next layer's pseudo drive stays continuous.
+    activity = 1.0 - dt_pseudo / period
     return dt_pseudo, activity
 
 

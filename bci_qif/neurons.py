@@ -206,10 +206,10 @@ class QIF(NeuronModel):
         -------
         state, i
             State and current at the end of the interval.
-        maybe_spiked : bool array
-            True where the interval may hold spikes (``q`` changed sign, or the drive
-            is strong enough for two zeros); :meth:`spikes_in_interval` gives the
-            exact count and times.
+        crossing : int8 array
+            Non-zero where the interval may hold spikes: bit 0 set when ``q`` changed
+            sign (an odd number of spikes), bit 1 when the drive is strong enough for
+            two or more. :meth:`spikes_in_interval` gives the exact count and times.
         overflow : bool array
             True where ``|I| s**2`` exceeded the range of ``doublings``.
         """
@@ -225,8 +225,9 @@ class QIF(NeuronModel):
         inv_norm = sign * jax.lax.rsqrt(_safe(norm2 > 0, norm2, 1.0))
         new_state = (p1 * inv_norm, q1 * inv_norm)
         # Two or more spikes need the phase c*s to advance by at least pi.
-        maybe_spiked = flip | (i * s * s >= jnp.pi**2)
-        return new_state, i * x * x, maybe_spiked, ~in_range
+        strong = i * s * s >= jnp.pi**2
+        crossing = flip.astype(jnp.int8) + 2 * strong.astype(jnp.int8)
+        return new_state, i * x * x, crossing, ~in_range
 
     def _first_spike_s(self, state, i):
         """First spike in rescaled time ``s`` (``inf`` if none for any ``s``), and ``c``.
@@ -309,8 +310,15 @@ class QIF(NeuronModel):
         v1 = jnp.where(q1 != 0, p1 / q_safe, jnp.where(p1 > 0, jnp.inf, -jnp.inf))  # dt = 0 from -inf: -inf
         return v1, i * x * x
 
-    def spikes_in_interval(self, state, i, dt, max_spikes):
+    def spikes_in_interval(self, state, i, dt, max_spikes, odd=None):
         """Spike-time offsets inside an event-free interval of length ``dt``.
+
+        ``odd`` (optional, bool) is the parity of the spike count seen by
+        :meth:`advance` (bit 0 of its ``crossing``). A spike within rounding of the
+        interval end may be counted by one computation and not the other; with
+        ``odd`` given, the count is made to agree with the flow (a missing spike is
+        placed at the interval end, a surplus last spike is left to the next
+        interval), so that no spike is lost or counted twice.
 
         Returns
         -------
@@ -329,6 +337,14 @@ class QIF(NeuronModel):
         n_pos = jnp.floor((_safe(pos, s_end, 0.0) - _safe(s0 <= s_end, s0, 0.0)) / _safe(pos, period, 1.0)) + 1
         count = jnp.where(s0 <= s_end, jnp.where(pos, n_pos, 1.0), 0.0).astype(jnp.int32)
         offsets = jnp.where(valid, self._s_to_dt(_safe(valid, s_k, 0.0)), jnp.inf)
+        if odd is not None:
+            mismatch = (count % 2 == 1) != odd
+            add_at_end = mismatch & odd
+            count_fixed = count + jnp.where(mismatch, jnp.where(odd, 1, -1), 0)
+            end = jnp.broadcast_to(jnp.asarray(dt, offsets.dtype), count.shape)[..., None]
+            offsets = jnp.where(add_at_end[..., None] & (k == count[..., None]), end, offsets)
+            offsets = jnp.where(k >= count_fixed[..., None], jnp.inf, offsets)
+            count = count_fixed
         return offsets, count
 
     # --- pseudodynamics ------------------------------------------------------------
@@ -454,10 +470,14 @@ class LIF(NeuronModel):
         (v,) = state
         crossings, v_end, _ = self._interval(v, i, dt, max_spikes)
         x_end, _ = self.decay(dt)
-        return (v_end,), i * x_end * x_end, crossings[..., 0] > -jnp.inf, jnp.zeros(jnp.shape(v), bool)
+        spiked = crossings[..., 0] > -jnp.inf
+        return (v_end,), i * x_end * x_end, spiked.astype(jnp.int8), jnp.zeros(jnp.shape(v), bool)
 
-    def spikes_in_interval(self, state, i, dt, max_spikes):
+    def spikes_in_interval(self, state, i, dt, max_spikes, odd=None):
         """Spike-time offsets inside an interval (see :meth:`QIF.spikes_in_interval`).
+
+        ``odd`` is accepted for interface compatibility; LIF's :meth:`advance` and this
+        method share one computation, so they always agree.
 
         ``count`` includes one extra spike where ``max_spikes`` overflowed.
         """
