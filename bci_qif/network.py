@@ -407,6 +407,11 @@ def _overflowed(result):
     return interval, layers, bool(np.any(np.asarray(result.range_overflow)))
 
 
+#: Growing the per-interval budget beyond this is refused: each step costs a full pass
+#: over the layer and lengthens the next layer's event list.
+MAX_SPIKES_PER_INTERVAL = 16
+
+
 def _with_budget(run, params, budget, result_of=lambda out: out, max_growth=8):
     """Call ``run(budget)`` and grow the budget until no spike overflows it.
 
@@ -418,6 +423,12 @@ def _with_budget(run, params, budget, result_of=lambda out: out, max_growth=8):
         interval, layers, current_range = _overflowed(result_of(out))
         if not (interval or any(layers) or current_range):
             return out, budget
+        if interval and budget.spikes_per_interval >= MAX_SPIKES_PER_INTERVAL:
+            raise EventBudgetError(
+                f"a neuron fires more than {MAX_SPIKES_PER_INTERVAL} spikes between two input events; "
+                "the network is firing implausibly fast (LIF has no refractoriness): lower the input gain, "
+                "the weight scale or the bias"
+            )
         budget = budget.grown(interval, layers, current_range)
         logger.info("event budget exceeded; growing it to %s", budget)
     raise EventBudgetError(

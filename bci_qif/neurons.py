@@ -165,8 +165,7 @@ class QIF(NeuronModel):
         S_neg = jnp.tanh(c_neg * s) / c_neg  # C_neg = 1 after dividing both by cosh
 
         u = -_safe(small, i, 0.0) * s * s
-        C_small = 1.0 + u * (1.0 / 2 + u * (1.0 / 24 + u * (1.0 / 720 + u / 40320)))
-        S_small = s * (1.0 + u * (1.0 / 6 + u * (1.0 / 120 + u * (1.0 / 5040 + u / 362880))))
+        C_small, S_small = _horner(_COS_SERIES, u), s * _horner(_SIN_SERIES, u)
 
         C = jnp.where(pos, C_pos, jnp.where(neg, 1.0, C_small))
         S = jnp.where(pos, S_pos, jnp.where(neg, S_neg, S_small))
