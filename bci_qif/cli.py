@@ -4,6 +4,7 @@ Commands
 --------
 train      train a spiking decoder on EEGMMIDB subjects and save a checkpoint
 evaluate   compare spiking decoders and classical baselines under a protocol
+gui        decode a live LSL stream or a replayed recording in real time (PyQtGraph window)
 
 Every command that reads data takes ``--data-dir`` (else env ``MNE_DATA``, else
 MNE's default data folder).
@@ -141,6 +142,56 @@ def cmd_evaluate(args):
     return 0
 
 
+def _replay_default(model, data_dir):
+    """The first shared EEGMMIDB subject the model was not trained on."""
+    from .datasets import available_subjects
+    from .realtime import _dataset_context
+
+    dataset = _dataset_context(model) or {}
+    trained = set(dataset.get("subjects") or (getattr(model, "context_", None) or {}).get("subjects") or [])
+    candidates = [s for s in available_subjects(dataset.get("task", "left_right_imagery"), data_dir)
+                  if s not in trained]
+    if not candidates:
+        raise BCIQIFError("no recording to replay: pass --replay FILE_OR_SUBJECT or --stream NAME")
+    return str(candidates[0])
+
+
+def cmd_gui(args):
+    """Open the real-time decoding window on a live LSL stream or a replayed recording."""
+    import os
+
+    if args.duration is not None and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # scripted runs work headless
+    from .realtime import LSLSource, ReplaySource, configure_lsl, load_model, load_recording
+
+    configure_lsl(loopback=not args.lsl_network)
+    model = load_model(args.model)
+    if args.stream or args.source_id:
+        source = LSLSource(name=args.stream, source_id=args.source_id,
+                           annotations=args.markers if args.markers else bool(args.stream))
+    else:
+        replay = args.replay or _replay_default(model, args.data_dir)
+        source = ReplaySource(load_recording(replay, run=args.run, data_dir=args.data_dir, model=model))
+    from .gui import run_gui
+
+    summary = run_gui(model, source, window_s=args.window, hop_s=args.hop, duration=args.duration,
+                      screenshot=args.screenshot, fps=args.fps, channels=args.channels,
+                      decoder_options={"stall_timeout": args.stall_timeout})
+    print(f"source: {source.description}")
+    print(f"decoded {summary['windows']} windows; decode latency p50 {summary['latency_p50_ms']:.1f} ms, "
+          f"p99 {summary['latency_p99_ms']:.1f} ms, max {summary['latency_max_ms']:.1f} ms "
+          f"({summary['compilations']} JIT compilations excluded)")
+    print(f"display {summary['display_fps']:.1f} fps; decision painted {summary['display_delay_p50_ms']:.1f} ms "
+          f"(p50) after its window was decoded; reconnections {summary['reconnects']}")
+    if summary["accuracy"] is not None:
+        print(f"online accuracy {summary['accuracy']:.3f} over {summary['n_labelled']} labelled windows")
+    if summary.get("screenshot"):
+        print(f"screenshot written to {summary['screenshot']}")
+    if summary.get("last_error"):
+        print(f"error: {summary['last_error']}", file=sys.stderr)
+    return 0 if summary["windows"] else 1
+
+
 def build_parser():
     """The argument parser of ``app.py``."""
     parser = argparse.ArgumentParser(prog="app.py", description="bci_qif: exact-gradient spiking BCI decoders")
@@ -169,6 +220,29 @@ def build_parser():
     ev.add_argument("--n-jobs", type=int, default=1, help="folds fitted in parallel")
     ev.add_argument("--out", type=Path, help="output folder (default: results/<config>_<protocol>)")
     ev.set_defaults(func=cmd_evaluate)
+
+    gui = sub.add_parser("gui", help="real-time decoding window (live LSL stream or replayed recording)")
+    gui.add_argument("--model", required=True, type=Path, help="model.npz, or a run folder holding one")
+    where = gui.add_mutually_exclusive_group()
+    where.add_argument("--stream", help="name of a live LSL stream")
+    where.add_argument("--replay", help="recording to replay: a file MNE reads, or an EEGMMIDB subject "
+                                        "(2, S002, S002R08); default: a shared subject the model was not trained on")
+    gui.add_argument("--source-id", help="source id of the live LSL stream")
+    gui.add_argument("--markers", help="LSL stream of annotations giving true labels (default: <stream>-annotations)")
+    gui.add_argument("--run", type=int,
+                     help="EEGMMIDB run of --replay SUBJECT (default: first run of the model's task)")
+    gui.add_argument("--data-dir", help="data root holding MNE-eegbci-data/ (default: $MNE_DATA, else MNE's)")
+    gui.add_argument("--window", type=float, help="window length in s (default: the model's trial length)")
+    gui.add_argument("--hop", type=float, default=0.125, help="hop between decoded windows in s (default 0.125)")
+    gui.add_argument("--channels", nargs="+", help="channels shown at first (default: C3, Cz, C4 ...)")
+    gui.add_argument("--fps", type=float, default=30.0, help="display refresh rate (default 30)")
+    gui.add_argument("--stall-timeout", type=float, default=1.0, help="s without samples before 'disconnected'")
+    gui.add_argument("--duration", type=float, help="decode for S seconds after the first window, then exit "
+                                                    "(headless: offscreen)")
+    gui.add_argument("--screenshot", type=Path, help="write a PNG of the window at the end")
+    gui.add_argument("--lsl-network", action="store_true",
+                     help="use liblsl's network configuration instead of loopback-only (to reach devices)")
+    gui.set_defaults(func=cmd_gui)
     return parser
 
 

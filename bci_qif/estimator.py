@@ -94,7 +94,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, neuron="qif", hidden_layer_sizes=(64,), tau=0.05, encoding="csp_power", n_components=8,
                  rate_hz=20.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
-                 learning_rate=3e-3, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=1.0,
+                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=5.0,
                  validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
                  verbose=False):
         self.neuron = neuron

@@ -27,11 +27,12 @@ Readout
 The first spike time of every output neuron: the first ordinary spike, else (QIF)
 the first pseudospike after the trial end ``T``. Pseudodynamics drive every neuron
 after ``T`` with a suprathreshold current ``softplus(I(T) + w @ a_prev)`` where
-``a_prev`` is the previous layer's pseudo-activity (the completed fraction of its
-pseudo cycle at ``T``; for the first layer the trial-mean input), so silent neurons
-still receive gradients. Ordinary spikes enter through ``I(T)``: when a spike moves
-across ``T`` its weight passes between ``I(T)`` and ``w @ a_prev``, which keeps the
-readout continuous. LIF neurons have no pseudodynamics: a silent LIF output
+``a_prev`` is the previous layer's pseudo-activity (for the first layer the
+trial-mean input), so silent neurons still receive gradients. The activity of a
+neuron is its spike count plus the completed fraction of its pseudo cycle at ``T``,
+minus the decayed trace its spikes already left in the next layer's ``I(T)``: a
+rate-like signal of the whole trial that stays continuous when a spike moves
+across ``T``. LIF neurons have no pseudodynamics: a silent LIF output
 reads out at ``T`` without gradient.
 """
 
@@ -251,6 +252,11 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
     counts = jnp.where(kept, counts, 0)
     times = jnp.where(kept[:, None], starts[interval][:, None] + offsets, jnp.inf)
     spike_counts = jnp.zeros((n,), jnp.int32).at[source].add(counts)
+    # What the spikes still contribute to a downstream current at T (kick decayed by
+    # exp(-2 (T - t) / tau)); the pseudodynamics need it to avoid counting twice.
+    finite = jnp.isfinite(times)
+    decay_at_T = jnp.where(finite, jnp.exp(-2.0 * (T - jnp.where(finite, times, T)) / neuron.tau), 0.0)
+    trace_at_T = jnp.zeros((n,), dtype).at[source].add(jnp.sum(decay_at_T, axis=1))
     # First spike of every neuron (a masked min keeps the gradient exact).
     first = jnp.min(jnp.where(source[None, :, None] == jnp.arange(n)[:, None, None], times[None], jnp.inf),
                     axis=(1, 2)) if layer_index == len(budget.spikes_per_layer) - 1 else None
@@ -258,6 +264,7 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
         "spike_times": times.reshape(-1),
         "spike_sources": jnp.repeat(source, per_interval),
         "counts": spike_counts,
+        "trace_at_T": trace_at_T,
         "first": first,
         "state_T": state_T,
         "current_T": current_T,
@@ -271,11 +278,11 @@ def _pseudo_activity(neuron, layer, pre_activation):
     """Pseudo drive, time to the first pseudospike and pseudo-activity of a layer."""
     drive = neuron.pseudo_drive(layer["current_T"] + pre_activation)
     dt_pseudo, period = neuron.time_to_pseudospike(layer["state_T"], drive)
-    # The completed fraction of the pseudo cycle at T. Ordinary spikes are not added:
-    # they already reached the next layer's current I(T). A spike crossing T moves
-    # weight w from this term (phase -> 1) into I(T) (kick just before T), so the
-    # next layer's pseudo drive stays continuous.
-    activity = 1.0 - dt_pseudo / period
+    # Rate-like activity: ordinary spikes plus the completed fraction of the pseudo
+    # cycle, minus the part of the spikes the next layer already holds in I(T). When a
+    # spike crosses T the count gains 1 as the phase drops from 1 to 0 and the trace
+    # gains 1 as the next layer's I(T) gains w: the pseudo drive stays continuous.
+    activity = layer["counts"] + 1.0 - dt_pseudo / period - layer["trace_at_T"]
     return dt_pseudo, activity
 
 
