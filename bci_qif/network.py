@@ -252,11 +252,13 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
     counts = jnp.where(kept, counts, 0)
     times = jnp.where(kept[:, None], starts[interval][:, None] + offsets, jnp.inf)
     spike_counts = jnp.zeros((n,), jnp.int32).at[source].add(counts)
-    # What the spikes still contribute to a downstream current at T (kick decayed by
-    # exp(-2 (T - t) / tau)); the pseudodynamics need it to avoid counting twice.
-    finite = jnp.isfinite(times)
-    decay_at_T = jnp.where(finite, jnp.exp(-2.0 * (T - jnp.where(finite, times, T)) / neuron.tau), 0.0)
-    trace_at_T = jnp.zeros((n,), dtype).at[source].add(jnp.sum(decay_at_T, axis=1))
+    trace_at_T = None
+    if neuron.has_pseudodynamics:
+        # What the spikes still contribute to a downstream current at T (kick decayed by
+        # exp(-2 (T - t) / tau)); the pseudodynamics need it to avoid counting twice.
+        finite = jnp.isfinite(times)
+        decay_at_T = jnp.where(finite, jnp.exp(-2.0 * (T - jnp.where(finite, times, T)) / neuron.tau), 0.0)
+        trace_at_T = jnp.zeros((n,), dtype).at[source].add(jnp.sum(decay_at_T, axis=1))
     # First spike of every neuron (a masked min keeps the gradient exact).
     first = jnp.min(jnp.where(source[None, :, None] == jnp.arange(n)[:, None, None], times[None], jnp.inf),
                     axis=(1, 2)) if layer_index == len(budget.spikes_per_layer) - 1 else None
