@@ -17,8 +17,7 @@ from bci_qif import cli  # noqa: E402
 from bci_qif import realtime as rt  # noqa: E402
 from bci_qif.datasets import load_eegbci  # noqa: E402
 from bci_qif.estimator import QIFClassifier  # noqa: E402
-
-gui = pytest.importorskip("bci_qif.gui")
+from bci_qif import gui  # noqa: E402
 from pyqtgraph.Qt import QtCore, QtGui  # noqa: E402
 
 SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
