@@ -6,7 +6,6 @@ loopback LSL. 1 s windows, like tests/test_realtime.py, so the simulation compil
 
 import os
 import threading
-import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -15,6 +14,7 @@ import pytest  # noqa: E402
 
 from bci_qif import cli  # noqa: E402
 from bci_qif import realtime as rt  # noqa: E402
+from thread_check import leftover_threads  # noqa: E402
 from bci_qif.datasets import load_eegbci  # noqa: E402
 from bci_qif.estimator import QIFClassifier  # noqa: E402
 from bci_qif import gui  # noqa: E402
@@ -53,14 +53,6 @@ def recording(data_root):
 def _loopback_lsl():
     rt.configure_lsl(loopback=True)
 
-
-def _new_threads(before, timeout=3.0):
-    deadline = time.perf_counter() + timeout
-    while True:
-        alive = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not alive or time.perf_counter() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 def _text(label):
@@ -136,7 +128,7 @@ def test_window_decodes_a_replay_pauses_recovers_and_closes_cleanly(qtbot, model
 
     window.close()
     assert not decoder.running and decoder.status == "stopped" and source.player is None
-    assert _new_threads(before) == []
+    assert leftover_threads(before) == []
 
 
 def test_window_names_missing_channels(qtbot, model, recording):
@@ -151,7 +143,7 @@ def test_window_names_missing_channels(qtbot, model, recording):
     assert "lacks 2 channel(s) the model needs: ['Cz', 'CP3']" in _text(window.status_label)
     assert window.n_results == 0
     window.close()
-    assert _new_threads(before) == []
+    assert leftover_threads(before) == []
 
 
 def test_app_gui_scripted_run_writes_a_screenshot(qtbot, model_path, data_root, tmp_path, capsys):
@@ -163,5 +155,5 @@ def test_app_gui_scripted_run_writes_a_screenshot(qtbot, model_path, data_root, 
     assert code == 0, out
     assert "decode latency p50" in out and "fps" in out and "replay of S002R04.edf" in out
     assert png.is_file() and QtGui.QImage(str(png)).width() >= 800
-    assert _new_threads(before) == []
+    assert leftover_threads(before) == []
     QtCore.QCoreApplication.processEvents()

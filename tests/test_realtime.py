@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bci_qif import realtime as rt
+from thread_check import leftover_threads
 from bci_qif.datasets import load_eegbci
 from bci_qif.errors import ChannelError, ConfigError, SamplingRateError
 from bci_qif.estimator import QIFClassifier
@@ -58,15 +59,6 @@ def recording(data_root):
 def _loopback_lsl():
     rt.configure_lsl(loopback=True)
 
-
-def _new_threads(before, timeout=3.0):
-    """Threads started since ``before`` that are still alive after ``timeout`` s."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        alive = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not alive or time.perf_counter() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 def _player(raw, name):
@@ -225,7 +217,7 @@ def test_replay_decodes_with_labels_pause_and_clean_stop(model, recording):
         decoder.stop()
     assert decoder.status == "stopped" and not decoder.running and source.player is None
     assert statuses[0] == "connecting" and "connected" in statuses
-    assert _new_threads(before) == []
+    assert leftover_threads(before) == []
 
 
 def test_lost_stream_shows_disconnected_and_recovers(model, recording):
@@ -249,7 +241,7 @@ def test_lost_stream_shows_disconnected_and_recovers(model, recording):
     finally:
         decoder.stop()
         player.stop()
-    assert _new_threads(before) == []
+    assert leftover_threads(before) == []
 
 
 def test_streams_that_do_not_fit_the_model_give_clear_errors(model, recording):
@@ -273,7 +265,7 @@ def test_streams_that_do_not_fit_the_model_give_clear_errors(model, recording):
             decoder.stop()
         for player in players:
             player.stop()
-    assert decoders[0].last_error and _new_threads(before) == []
+    assert decoders[0].last_error and leftover_threads(before) == []
 
 
 def test_bad_settings_are_refused(model):
