@@ -5,6 +5,7 @@ Commands
 train      train a spiking decoder on EEGMMIDB subjects and save a checkpoint
 evaluate   compare spiking decoders and classical baselines under a protocol
 gui        decode a live LSL stream or a replayed recording in real time (PyQtGraph window)
+compare    LIF vs QIF study: equal searches, seeds and splits; report.md and figures
 
 Every command that reads data takes ``--data-dir`` (else env ``MNE_DATA``, else
 MNE's default data folder).
@@ -192,6 +193,26 @@ def cmd_gui(args):
     return 0 if summary["windows"] else 1
 
 
+def _mean(values):
+    return sum(values) / len(values) if values else float("nan")
+
+
+def cmd_compare(args):
+    """Run the LIF vs QIF study of a configuration and write report.md and figures to ``--out``."""
+    from .compare import run_compare
+
+    t0 = time.perf_counter()
+    result = run_compare(args.config, quick=args.quick, data_dir=args.data_dir, out=args.out,
+                         progress=not args.quiet)
+    metrics = result["metrics"]
+    for model in ("qif", "lif"):
+        accs = metrics[model].get("test_acc", [])
+        ords = metrics[model].get("test_acc_ord", [])
+        print(f"{model}: test acc {_mean(accs):.3f}, acc_ord {_mean(ords):.3f} over {len(accs)} seed(s)")
+    print(f"study finished in {time.perf_counter() - t0:.0f} s; report: {result['out'] / 'report.md'}")
+    return 0
+
+
 def build_parser():
     """The argument parser of ``app.py``."""
     parser = argparse.ArgumentParser(prog="app.py", description="bci_qif: exact-gradient spiking BCI decoders")
@@ -243,6 +264,16 @@ def build_parser():
     gui.add_argument("--lsl-network", action="store_true",
                      help="use liblsl's network configuration instead of loopback-only (to reach devices)")
     gui.set_defaults(func=cmd_gui)
+
+    compare = sub.add_parser("compare", help="LIF vs QIF study (arXiv:2606.03935 protocol) with a report")
+    compare.add_argument("--config", type=Path, required=True,
+                         help="study configuration, e.g. configs/compare_yinyang.yaml (or _eeg, _shd)")
+    compare.add_argument("--quick", action="store_true", help="CI-sized run (the configuration's quick section)")
+    compare.add_argument("--data-dir", help="data root (EEG: holds MNE-eegbci-data/; SHD: relative file paths) "
+                                            "(default: $MNE_DATA)")
+    compare.add_argument("--out", type=Path, help="output folder (default: results/compare_<task>[_quick])")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
