@@ -68,7 +68,7 @@ def _check_values(section, values):
     from .encoding import ENCODERS
 
     choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64")}
-    positive_ints = ("epochs", "batch_size", "n_components")
+    positive_ints = ("epochs", "batch_size")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
     non_negative_numbers = ("weight_scale", "weight_decay", "gamma")
 
@@ -100,8 +100,10 @@ def _check_values(section, values):
             fail(key, "a number in [0, 1)")
         if key == "random_state" and not _is_int(value):
             fail(key, "an integer")
-        if key == "verbose" and not isinstance(value, bool):
+        if key in ("verbose", "recenter") and not isinstance(value, bool):
             fail(key, "true or false")
+        if key == "n_components" and value is not None and not (_is_int(value) and value >= 1):
+            fail(key, "a positive integer or null (all tangent-space features)")
 
 
 def validate_config(config):

@@ -13,6 +13,14 @@ An encoder is a scikit-learn transformer fitted on *training* trials only. It ma
 ``"signal"``
     The (already band-passed) channels themselves, standardized per channel and
     decimated to ``rate_hz``.
+``"tangent_space"``
+    The trial's spatial covariance matrix mapped to the Riemannian tangent space
+    at the training trials' mean (optionally after re-centring each subject to the
+    identity), standardized with training statistics and optionally reduced by a
+    PCA fitted on the training trials. The vector is presented as a constant
+    current for the whole trial (one identical event per frame), so the network
+    sees the same information as tangent space + logistic regression and decides
+    by which output neuron it drives to fire first.
 
 Encoders store their learned state as plain arrays (:meth:`to_arrays` /
 :meth:`from_arrays`) so checkpoints never need pickle.
@@ -24,7 +32,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["CSPPowerEncoder", "SignalEncoder", "make_encoder", "ENCODERS"]
+__all__ = ["CSPPowerEncoder", "SignalEncoder", "TangentSpaceEncoder", "make_encoder", "ENCODERS"]
 
 
 def _check_trials(X, name="X"):
@@ -169,7 +177,161 @@ class SignalEncoder(TransformerMixin, BaseEstimator):
         return self
 
 
-ENCODERS = {"csp_power": CSPPowerEncoder, "signal": SignalEncoder}
+class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
+    """Covariance -> tangent-space vector -> standardized, constant input currents.
+
+    Parameters
+    ----------
+    sfreq : float
+        Sampling rate of the input trials (Hz).
+    rate_hz : float
+        Frame rate of the output (Hz): the feature vector is repeated once per frame,
+        which the synaptic filter turns into a nearly constant current.
+    n_components : int or None
+        Keep this many principal components of the standardized tangent vectors (PCA
+        fitted on the training trials); ``None`` keeps all ``c (c + 1) / 2``.
+    recenter : bool
+        Re-centre each subject's covariances to the identity by that subject's own
+        Riemannian mean before the tangent map (unsupervised alignment across
+        subjects, as :class:`bci_qif.baselines.SubjectRecentering`). Subjects come
+        as ``groups``. A subject seen in ``fit`` is aligned by the mean of its
+        training trials; a new subject by the mean of its own trials passed to
+        ``transform`` together (unlabelled, so pass several). Without ``groups``
+        every trial is treated as coming from the training subject (the pooled
+        training mean when several subjects were seen), which is what a real-time
+        window of a calibrated user needs.
+
+    Notes
+    -----
+    Covariances use Oracle Approximating Shrinkage: 64-channel covariances of a
+    few hundred samples are too ill-conditioned for the matrix logarithm otherwise.
+    """
+
+    __metadata_request__fit = {"groups": True}
+    __metadata_request__transform = {"groups": True}
+
+    def __init__(self, sfreq=160.0, rate_hz=10.0, n_components=None, recenter=False):
+        self.sfreq = sfreq
+        self.rate_hz = rate_hz
+        self.n_components = n_components
+        self.recenter = recenter
+
+    @property
+    def frame_rate(self):
+        """Output sampling rate (Hz)."""
+        if not self.rate_hz > 0:
+            raise ValueError(f"rate_hz must be positive, got {self.rate_hz!r}")
+        return float(self.rate_hz)
+
+    @staticmethod
+    def _covariances(X):
+        from pyriemann.estimation import Covariances
+
+        return Covariances(estimator="oas").transform(X)
+
+    def _subject_mean(self, subject, covs):
+        """Training mean of a known subject, else the Riemannian mean of ``covs``."""
+        from pyriemann.geometry.mean import mean_riemann
+
+        known = np.flatnonzero(self.subject_ids_ == subject) if subject is not None else []
+        if len(known):
+            return self.subject_means_[known[0]]
+        if subject is None or len(covs) < 2:
+            # One real-time window carries no estimate of a mean: use training's.
+            return self.reference_
+        return mean_riemann(covs)
+
+    def _aligned(self, covs, groups):
+        """Tangent-space inputs: (covariances, reference point)."""
+        if not self.recenter:
+            return covs, self.reference_
+        from pyriemann.geometry.base import invsqrtm
+
+        def whiten(c, mean):
+            w = invsqrtm(mean)
+            aligned = w @ c @ w
+            return 0.5 * (aligned + np.swapaxes(aligned, -1, -2))  # exact symmetry for logm
+
+        identity = np.eye(covs.shape[1])
+        if groups is None:
+            return whiten(covs, self._subject_mean(None, covs)), identity
+        groups = np.asarray(groups)
+        out = np.empty_like(covs)
+        for subject in np.unique(groups):
+            mask = groups == subject
+            out[mask] = whiten(covs[mask], self._subject_mean(subject, covs[mask]))
+        return out, identity
+
+    @staticmethod
+    def _tangent_vectors(covs, reference):
+        from pyriemann.geometry.tangentspace import tangent_space
+
+        return tangent_space(covs, reference, metric="riemann")
+
+    def fit(self, X, y=None, groups=None):
+        """Fit the reference point(s), standardization and PCA on training trials."""
+        from pyriemann.geometry.mean import mean_riemann
+
+        X = _check_trials(X)
+        covs = self._covariances(X)
+        self.reference_ = mean_riemann(covs)
+        self.subject_ids_ = np.zeros(0, dtype=np.int64)
+        self.subject_means_ = np.zeros((0,) + covs.shape[1:])
+        if self.recenter:
+            groups = np.zeros(len(covs), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+            self.subject_ids_ = np.unique(groups)
+            self.subject_means_ = np.stack([mean_riemann(covs[groups == g]) for g in self.subject_ids_])
+            if len(self.subject_ids_) == 1:  # un-grouped transforms then use this subject's mean
+                self.reference_ = self.subject_means_[0]
+        vectors = self._tangent_vectors(*self._aligned(covs, groups))
+        self.mean_ = vectors.mean(axis=0)
+        self.std_ = vectors.std(axis=0) + 1e-12
+        z = (vectors - self.mean_) / self.std_
+        # An empty projection means "keep every feature" (no 2080 x 2080 identity stored).
+        self.components_ = np.zeros((0, z.shape[1]))
+        if self.n_components is not None:
+            # Principal axes of the training vectors. Not whitened: n trials span at
+            # most n - 1 directions, and dividing by tiny singular values would blow
+            # up new trials' features. One common scale gives the kept components
+            # unit variance on average.
+            _, singular, axes = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+            rank = int(np.sum(singular > singular[0] * 1e-6))
+            n_keep = max(1, min(int(self.n_components), rank))
+            variance = np.mean(singular[:n_keep] ** 2) / max(len(z) - 1, 1)
+            self.components_ = axes[:n_keep] / np.sqrt(variance)
+        self.n_channels_ = X.shape[1]
+        return self
+
+    def transform(self, X, groups=None):
+        """Encode trials: ``(n_trials, n_features, n_frames)`` float32."""
+        check_is_fitted(self, "components_")
+        X = _check_trials(X)
+        if X.shape[1] != self.n_channels_:
+            raise ValueError(f"X has {X.shape[1]} channels, the encoder was fitted on {self.n_channels_}")
+        if groups is not None and np.shape(groups) != (len(X),):
+            raise ValueError(f"groups must hold one subject id per trial ({len(X)}), got shape {np.shape(groups)}")
+        z = (self._tangent_vectors(*self._aligned(self._covariances(X), groups)) - self.mean_) / self.std_
+        features = z @ self.components_.T if len(self.components_) else z
+        n_frames = max(1, int(round(X.shape[-1] / self.sfreq * self.frame_rate)))
+        return np.repeat(features[:, :, None], n_frames, axis=2).astype(np.float32)
+
+    def to_arrays(self):
+        """Learned state as plain arrays (for checkpoints)."""
+        check_is_fitted(self, "components_")
+        return {"reference": self.reference_, "mean": self.mean_, "std": self.std_,
+                "components": self.components_, "n_channels": np.asarray(self.n_channels_),
+                "subject_ids": self.subject_ids_, "subject_means": self.subject_means_}
+
+    def set_arrays(self, arrays):
+        """Restore learned state written by :meth:`to_arrays`."""
+        for name in ("reference", "mean", "std", "components", "subject_means"):
+            setattr(self, f"{name}_", np.asarray(arrays[name], dtype=np.float64))
+        self.subject_ids_ = np.asarray(arrays["subject_ids"], dtype=np.int64)
+        self.n_channels_ = int(arrays["n_channels"])
+        return self
+
+
+ENCODERS = {"csp_power": CSPPowerEncoder, "signal": SignalEncoder, "tangent_space": TangentSpaceEncoder}
 
 
 def make_encoder(name, sfreq, **options):

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .currents import to_input_events
 from .encoding import make_encoder
 from .neurons import get_neuron
-from .training import TrainConfig, TrainingState, evaluate_network, make_optimizer, train
+from .training import TrainConfig, TrainingState, evaluate_network, make_optimizer, steps_per_epoch, train
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,16 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         Sizes of the hidden layers (at least one).
     tau : float
         Membrane time constant in seconds (synaptic: ``tau / 2``).
-    encoding : {"csp_power", "signal"}
+    encoding : {"csp_power", "signal", "tangent_space"}
         Input encoding fitted on the training trials (see :mod:`bci_qif.encoding`).
-    n_components : int
-        CSP components for ``"csp_power"``.
+    n_components : int or None
+        CSP components for ``"csp_power"``; principal components kept for
+        ``"tangent_space"`` (``None``: all tangent-space features).
+    recenter : bool
+        ``"tangent_space"`` only: re-centre each subject's covariances by its own
+        Riemannian mean (unsupervised cross-subject alignment). Subject ids come in
+        as ``groups`` (``fit(X, y, groups=...)``, ``predict(X, groups=...)``); the
+        evaluation passes them through scikit-learn metadata routing.
     rate_hz : float
         Frame rate of the encoded features (one input event per frame).
     input_gain : float
@@ -93,7 +99,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, neuron="qif", hidden_layer_sizes=(64,), tau=0.05, encoding="csp_power", n_components=8,
-                 rate_hz=20.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
+                 recenter=False, rate_hz=20.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
                  learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=5.0,
                  validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
                  verbose=False):
@@ -102,6 +108,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.tau = tau
         self.encoding = encoding
         self.n_components = n_components
+        self.recenter = recenter
         self.rate_hz = rate_hz
         self.input_gain = input_gain
         self.weight_scale = weight_scale
@@ -119,6 +126,13 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.dtype = dtype
         self.verbose = verbose
+
+    # Subject ids reach fit/predict through scikit-learn metadata routing (only the
+    # ``recenter`` option uses them), as for bci_qif.baselines.SubjectRecentering.
+    __metadata_request__fit = {"groups": True}
+    __metadata_request__predict = {"groups": True}
+    __metadata_request__predict_proba = {"groups": True}
+    __metadata_request__decision_function = {"groups": True}
 
     def __sklearn_tags__(self):
         # Trials are 3-D (n_trials, n_channels, n_times), not a 2-D feature matrix.
@@ -141,7 +155,15 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def _encoder_options(self):
         if self.encoding == "csp_power":
             return {"n_components": self.n_components, "rate_hz": self.rate_hz}
+        if self.encoding == "tangent_space":
+            return {"n_components": self.n_components, "rate_hz": self.rate_hz, "recenter": bool(self.recenter)}
         return {"rate_hz": self.rate_hz}
+
+    def _encode(self, data, groups=None):
+        # Only the tangent-space encoder aligns subjects; the others ignore groups.
+        if self.encoding == "tangent_space":
+            return self.encoder_.transform(data, groups=groups)
+        return self.encoder_.transform(data)
 
     def _train_config(self):
         return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
@@ -156,22 +178,24 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
         return jnp.float64 if self.dtype == "float64" else jnp.float32
 
-    def _events(self, data):
-        """Encoded trials -> (times, currents, T)."""
-        features = self.encoder_.transform(data)
+    def _events(self, data, groups=None):
+        """Encoded trials -> (times, currents)."""
+        features = self._encode(data, groups)
         times, currents = to_input_events(features, self.encoder_.frame_rate, time_scale=self._time_scale,
                                           gain=float(self.input_gain))
         dtype = self._jnp_dtype()
         return np.asarray(times, dtype), np.asarray(currents, dtype)
 
     # --- scikit-learn API ------------------------------------------------------------
-    def fit(self, X, y, *, checkpoint=None, resume=False):
+    def fit(self, X, y, groups=None, *, checkpoint=None, resume=False):
         """Fit the encoder and train the network.
 
         Parameters
         ----------
         X : mne.Epochs or array, shape (n_trials, n_channels, n_times)
         y : array, shape (n_trials,)
+        groups : array, shape (n_trials,), optional
+            Subject of each trial (used by ``recenter``; ignored otherwise).
         checkpoint : str or Path, optional
             Write a resumable checkpoint here after every epoch (atomically).
         resume : bool
@@ -198,9 +222,14 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         if self.validation_fraction:
             train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=self.validation_fraction,
                                                   stratify=y_index, random_state=int(rng.integers(2**31)))
-        self.encoder_ = make_encoder(self.encoding, sfreq, **self._encoder_options()).fit(
-            data[train_idx], y_index[train_idx])
-        times, currents = self._events(data)
+        groups = self._check_groups(groups, len(y))
+        self.encoder_ = make_encoder(self.encoding, sfreq, **self._encoder_options())
+        if self.encoding == "tangent_space":
+            self.encoder_.fit(data[train_idx], y_index[train_idx],
+                              groups=None if groups is None else groups[train_idx])
+        else:
+            self.encoder_.fit(data[train_idx], y_index[train_idx])
+        times, currents = self._events(data, groups)
         self.T_ = float(data.shape[-1] / sfreq * self._time_scale)
         self.times_ = times
         config = self._train_config()
@@ -219,41 +248,50 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.budget_ = state.budget
         return self
 
-    def _simulate(self, X):
+    @staticmethod
+    def _check_groups(groups, n):
+        if groups is None:
+            return None
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups must hold one subject id per trial ({n}), got shape {groups.shape}")
+        return groups
+
+    def _simulate(self, X, groups=None):
         check_is_fitted(self, "params_")
         data, sfreq, _ = _as_trials(X, self.sfreq_)
         if sfreq != self.sfreq_:
             raise ValueError(f"X is sampled at {sfreq} Hz, the model was trained at {self.sfreq_} Hz")
         if data.shape[1] != self.n_channels_:
             raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
-        times, currents = self._events(data)
+        times, currents = self._events(data, self._check_groups(groups, len(data)))
         metrics, self.budget_ = evaluate_network(self.params_, times, currents, None, self._neuron_model(), self.T_,
                                                  batch_size=int(self.batch_size), budget=getattr(self, "budget_", None))
         return metrics
 
-    def decision_function(self, X):
+    def decision_function(self, X, groups=None):
         """Scores from first-spike times (earlier = larger); binary: class-1 minus class-0."""
-        t = self._simulate(X)["first_spike_times"]
+        t = self._simulate(X, groups)["first_spike_times"]
         scores = -t / float(self.readout_tau)
         return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, groups=None):
         """Class probabilities ``softmax(-t / readout_tau)`` of the output first-spike times."""
-        t = self._simulate(X)["first_spike_times"]
+        t = self._simulate(X, groups)["first_spike_times"]
         return np.asarray(jax.nn.softmax(-jnp.asarray(t) / float(self.readout_tau), axis=-1), dtype=np.float64)
 
-    def predict(self, X):
+    def predict(self, X, groups=None):
         """The class of the earliest output spike (ordinary or pseudo)."""
-        t = self._simulate(X)["first_spike_times"]
+        t = self._simulate(X, groups)["first_spike_times"]
         return self.classes_[np.argmin(t, axis=1)]
 
-    def spiking_metrics(self, X, y):
+    def spiking_metrics(self, X, y, groups=None):
         """Spiking statistics on labelled trials: ``acc_ord``, ``silent_fraction``, ``spikes_per_trial``.
 
         ``acc_ord`` counts a trial correct only if an output neuron spiked inside the
         trial and the earliest one is the right class.
         """
-        metrics = self._simulate(X)
+        metrics = self._simulate(X, groups)
         t, ordinary = metrics["first_spike_times"], metrics["ordinary"]
         y_index = np.searchsorted(self.classes_, np.asarray(y))
         _, predicted_ord = network.predict(network.SimulationResult(t, ordinary, (), (), (), False, (), False))
@@ -379,7 +417,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def _load_training_state(self, path, params, config, n_train):
         arrays, meta = load_checkpoint(path)
         self._check_compatible(meta)
-        optimizer = make_optimizer(config, max(1, n_train // min(config.batch_size, n_train)))
+        optimizer = make_optimizer(config, steps_per_epoch(n_train, config.batch_size))
         train_arrays = {k[len("train/"):]: v for k, v in arrays.items() if k.startswith("train/")}
         if not train_arrays:
             raise ValueError(f"{path} holds a model without training state; cannot resume from it")

@@ -242,10 +242,11 @@ def _class_scores(estimator, X, labels, groups) -> np.ndarray | None:
     return full
 
 
-def _spiking_metrics(estimator, X, y) -> dict:
+def _spiking_metrics(estimator, X, y, groups=None) -> dict:
     """Call the ``spiking_metrics(X, y)`` hook of the model, if it has one."""
     if hasattr(estimator, "spiking_metrics"):
-        return dict(estimator.spiking_metrics(X, y))
+        # The same subject ids as predict gets, so acc_ord scores the same inputs.
+        return dict(estimator.spiking_metrics(X, y, **_group_kwargs(estimator, "predict", groups)))
     if isinstance(estimator, Pipeline) and hasattr(estimator[-1], "spiking_metrics"):
         return dict(estimator[-1].spiking_metrics(estimator[:-1].transform(X), y))
     return {}
@@ -303,7 +304,7 @@ def _fit_and_score(
         proba = _class_scores(estimator, X_test, labels, groups_test)
         predict_seconds = time.perf_counter() - start
 
-        extra = _spiking_metrics(estimator, X_test, y_test)
+        extra = _spiking_metrics(estimator, X_test, y_test, groups_test)
     scores = classification_metrics(
         y_test,
         y_pred,

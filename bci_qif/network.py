@@ -133,7 +133,8 @@ def init(key, layer_sizes, *, weight_scale=1.0, bias=1.0, dtype=jnp.float32):
     ----------
     key : jax.random.PRNGKey
     layer_sizes : sequence of int
-        ``(n_inputs, n_hidden_1, ..., n_outputs)``; at least one hidden layer.
+        ``(n_inputs, n_hidden_1, ..., n_outputs)``; no hidden layer (``(n_inputs,
+        n_outputs)``) makes the output neurons read the inputs directly.
     weight_scale : float
         Weights are normal with standard deviation ``weight_scale / sqrt(n_in)``.
     bias : float
@@ -147,8 +148,8 @@ def init(key, layer_sizes, *, weight_scale=1.0, bias=1.0, dtype=jnp.float32):
         ``[{"w": (n_out, n_in), "b": (n_out,)}, ...]``, one per layer.
     """
     sizes = [int(n) for n in layer_sizes]
-    if len(sizes) < 3:
-        raise ValueError(f"layer_sizes needs inputs, >= 1 hidden layer and outputs, got {layer_sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs inputs, optional hidden layers and outputs, got {layer_sizes!r}")
     if min(sizes) < 1:
         raise ValueError(f"layer sizes must be positive, got {layer_sizes!r}")
     keys = jax.random.split(key, len(sizes) - 1)

@@ -29,7 +29,7 @@ from .neurons import get_neuron
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainingState", "make_optimizer", "train", "evaluate_network"]
+__all__ = ["TrainConfig", "TrainingState", "make_optimizer", "steps_per_epoch", "train", "evaluate_network"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,27 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
+
+
+def steps_per_epoch(n_trials, batch_size):
+    """Minibatches per epoch: every trial at least once, batches of exactly ``batch_size``."""
+    return max(1, math.ceil(n_trials / batch_size))
+
+
+def _epoch_batches(order, batch_size):
+    """Cut a permutation into full batches, wrapping around to fill the last one.
+
+    Every batch has exactly ``batch_size`` trials whatever the training-set size, so
+    the compiled gradient function is reused across folds and subjects instead of
+    being recompiled (10-15 s each) for every new size.
+    """
+    n_steps = steps_per_epoch(len(order), batch_size)
+    return np.resize(order, n_steps * batch_size).reshape(n_steps, batch_size)
+
+
+def _event_times(times, idx):
+    """Event times of the trials ``idx``: shared (1-D) or per trial (2-D)."""
+    return times[idx] if np.ndim(times) == 2 else times
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -188,12 +209,12 @@ def evaluate_network(params, times, currents, labels, neuron, T, *, batch_size=6
     """
     neuron = get_neuron(neuron)
     n = currents.shape[0]
-    batch_size = min(batch_size, n)
+    times = np.asarray(times)
     labels = np.asarray(labels) if labels is not None else np.zeros(n, int)
     firsts, ordinaries, counts, losses = [], [], None, []
     for idx, n_real in _padded_batches(n, batch_size):
         (value, result), budget = network.batch_loss(
-            params, times, currents[idx], labels[idx], neuron, T=T, gamma=gamma, readout_tau=readout_tau, budget=budget
+            params, _event_times(times, idx), currents[idx], labels[idx], neuron, T=T, gamma=gamma, readout_tau=readout_tau, budget=budget
         )
         t = np.asarray(result.first_spike_times)[:n_real]
         firsts.append(t)
@@ -232,15 +253,17 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
     ----------
     params : list of dict
         Initial parameters (ignored when ``state`` is given).
-    times : (n_events,) array
+    times : (n_events,) or (n_trials, n_events) array
+        Input event times, shared by all trials or per trial.
     currents : (n_trials, n_events, n_inputs) array
     labels : (n_trials,) int array
     neuron : str or NeuronModel
     T : float
         Trial length (model time units).
     config : TrainConfig
-    validation : tuple ``(currents, labels)``, optional
-        Held-out trials (same ``times``) for model selection and early stopping.
+    validation : tuple ``(currents, labels)`` or ``(times, currents, labels)``, optional
+        Held-out trials for model selection and early stopping (the 2-tuple shares
+        ``times``; per-trial times need the 3-tuple).
     state : TrainingState, optional
         Resume from this state (e.g. loaded from a checkpoint).
     on_epoch_end : callable, optional
@@ -257,12 +280,12 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
     neuron = get_neuron(neuron)
     currents = np.asarray(currents)
     labels = np.asarray(labels)
+    times = np.asarray(times)
     n = currents.shape[0]
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
-    batch_size = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)
-    optimizer = make_optimizer(config, steps_per_epoch)
+    batch_size = config.batch_size
+    optimizer = make_optimizer(config, steps_per_epoch(n, batch_size))
     if state is None:
         state = TrainingState(params=params, opt_state=optimizer.init(params), best_params=params)
 
@@ -275,16 +298,25 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
                desc=f"train {neuron.name}", disable=not progress, leave=False)
     for epoch in bar:
         rng = np.random.default_rng((config.seed, epoch))  # resumable shuffling
-        order = rng.permutation(n)
-        losses, norms, n_nonfinite = [], [], 0
+        batches = _epoch_batches(rng.permutation(n), batch_size)
+        losses, norms, n_nonfinite, n_overflow = [], [], 0, 0
         correct = correct_ord = 0
         hidden_counts = None
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            ((loss, result), grads), state.budget = network.batch_loss(
-                state.params, times, currents[idx], labels[idx], neuron, T=T, gamma=config.gamma,
-                readout_tau=config.readout_tau, budget=state.budget, grad=True,
-            )
+        last_good = (state.params, state.opt_state)  # parameters known to simulate within budget
+        for b, idx in enumerate(batches):
+            try:
+                ((loss, result), grads), state.budget = network.batch_loss(
+                    state.params, _event_times(times, idx), currents[idx], labels[idx], neuron, T=T,
+                    gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget, grad=True,
+                )
+            except network.EventBudgetError as err:
+                # The previous update drove firing beyond the event budget: undo it and
+                # go on with the next minibatch instead of losing the whole run.
+                n_overflow += 1
+                logger.warning("epoch %d step %d: %s; previous update undone", epoch, b, err)
+                state.params, state.opt_state = last_good
+                continue
+            last_good = (state.params, state.opt_state)
             if not bool(_all_finite((loss, grads))):
                 n_nonfinite += 1
                 logger.warning("epoch %d step %d: non-finite loss or gradient, step skipped", epoch, b)
@@ -297,7 +329,7 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
             correct_ord += int(np.sum(predicted_ord == labels[idx]))
             batch_hidden = [np.asarray(c).sum(axis=0) for c in result.spike_counts[:-1]]
             hidden_counts = batch_hidden if hidden_counts is None else [a + c for a, c in zip(hidden_counts, batch_hidden)]
-        seen = steps_per_epoch * batch_size
+        seen = batches.size
         row = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
@@ -305,18 +337,26 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
             "acc_ord": correct_ord / seen,
             "grad_norm": float(np.mean(norms)) if norms else math.nan,
             "n_nonfinite": n_nonfinite,
+            "n_overflow": n_overflow,
         }
         for layer, c in enumerate(hidden_counts or []):
             row[f"silent_fraction_{layer + 1}"] = float(np.mean(c == 0))
         if hidden_counts:
             row["silent_fraction"] = float(np.mean(np.concatenate(hidden_counts) == 0))
         if validation is not None:
-            val_metrics, state.budget = evaluate_network(
-                state.params, times, validation[0], validation[1], neuron, T, batch_size=batch_size,
-                gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget,
-            )
+            val_times, val_currents, val_labels = (times, *validation) if len(validation) == 2 else validation
+            try:
+                val_metrics, state.budget = evaluate_network(
+                    state.params, val_times, val_currents, val_labels, neuron, T, batch_size=batch_size,
+                    gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget,
+                )
+            except network.EventBudgetError as err:
+                logger.warning("epoch %d: validation: %s; last update undone", epoch, err)
+                state.params, state.opt_state = last_good
+                val_metrics = {"loss": math.nan, "acc": math.nan, "acc_ord": math.nan}
             row.update(val_loss=val_metrics["loss"], val_acc=val_metrics["acc"], val_acc_ord=val_metrics["acc_ord"])
             score = val_metrics["acc_ord"] + 1e-3 * val_metrics["acc"] - 1e-6 * val_metrics["loss"]
+            score = -math.inf if math.isnan(score) else score
         else:
             score = -row["loss"] if losses else -math.inf
         if score > state.best_score or state.best_params is None:

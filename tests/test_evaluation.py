@@ -296,3 +296,40 @@ def test_eval_data_validation():
                                    "fold": [0, 0], "accuracy": [0.5, 0.6],
                                    "protocol": ["within-subject", "cross-subject"]}),
                      "/nonexistent-never-written")
+
+
+class _GroupRecorder(LinearDiscriminantAnalysis):
+    """LDA on log-variance that records which subject ids reach each method."""
+
+    __metadata_request__fit = {"groups": True}
+    __metadata_request__predict = {"groups": True}
+    __metadata_request__predict_proba = {"groups": True}
+    seen = []
+
+    def fit(self, X, y, groups=None):
+        _GroupRecorder.seen.append(("fit", None if groups is None else sorted(set(groups))))
+        return super().fit(np.log(np.var(X, axis=-1)), y)
+
+    def predict(self, X, groups=None):
+        _GroupRecorder.seen.append(("predict", None if groups is None else sorted(set(groups))))
+        return super().predict(np.log(np.var(X, axis=-1)))
+
+    def predict_proba(self, X, groups=None):
+        return super().predict_proba(np.log(np.var(X, axis=-1)))
+
+    def spiking_metrics(self, X, y, groups=None):
+        _GroupRecorder.seen.append(("spiking_metrics", None if groups is None else sorted(set(groups))))
+        return {"acc_ord": float(np.mean(self.predict(X, groups=groups) == y)), "silent_fraction": 0.0,
+                "spikes_per_trial": 1.0}
+
+
+def test_subject_ids_reach_fit_predict_and_spiking_metrics(eeg):
+    _GroupRecorder.seen = []
+    results = evaluate(eeg, {"qif": _GroupRecorder}, protocol="cross-subject", progress=False)
+    assert len(results) == 2 and results["acc_ord"].notna().all()
+    calls = _GroupRecorder.seen
+    # Every call got subject ids: each fold trains on one subject and tests on the other.
+    assert all(groups is not None for _, groups in calls)
+    assert sorted(tuple(g) for m, g in calls if m == "fit") == [(1,), (2,)]
+    assert sorted(tuple(g) for m, g in calls if m == "spiking_metrics") == [(1,), (2,)]
+    assert {tuple(g) for m, g in calls if m == "predict"} == {(1,), (2,)}

@@ -13,7 +13,7 @@ import pytest
 
 from bci_qif import QIFClassifier, network
 from bci_qif.datasets import load_eegbci
-from bci_qif.training import TrainConfig, TrainingState, make_optimizer
+from bci_qif.training import TrainConfig, TrainingState, _epoch_batches, make_optimizer, steps_per_epoch, train
 
 LEARN = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=15,
              random_state=0)
@@ -96,3 +96,54 @@ def test_training_state_round_trips_through_plain_arrays():
                     jax.tree_util.tree_leaves((restored.params, restored.opt_state))):
         assert np.asarray(a).dtype == np.asarray(b).dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_epoch_batches_are_full_and_cover_every_trial():
+    # 5 trials, batches of 8: one batch that wraps around; 20 trials: 3 batches, every trial at least once.
+    small = _epoch_batches(np.random.default_rng(0).permutation(5), 8)
+    assert small.shape == (1, 8) and set(small.ravel()) == set(range(5))
+    large = _epoch_batches(np.random.default_rng(0).permutation(20), 8)
+    assert large.shape == (3, 8) and set(large.ravel()) == set(range(20))
+    assert steps_per_epoch(20, 8) == 3 and steps_per_epoch(5, 8) == 1
+
+
+def test_per_trial_event_times_stay_with_their_trials():
+    # The class is carried only by *when* the single input event comes (currents are
+    # identical): the network can learn it only if train() pairs each trial's times
+    # with that trial through the shuffled minibatches.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 48)
+    onset = np.where(labels == 0, 0.2, 2.0) + rng.uniform(0, 0.1, 48)
+    times = np.stack([onset, onset + 0.05], axis=1).astype(np.float32)
+    currents = np.ones((48, 2, 1), np.float32)
+    params = network.init(jax.random.PRNGKey(1), (1, 8, 2), weight_scale=2.0, bias=0.5)
+    config = TrainConfig(epochs=25, batch_size=16, learning_rate=3e-2, readout_tau=1.0)
+    state = train(params, times, currents, labels, "qif", 4.0, config, progress=False,
+                  validation=(times[:16], currents[:16], labels[:16]))
+    assert state.history[-1]["acc"] > 0.9
+    assert state.history[-1]["val_acc"] > 0.9
+
+
+def test_an_update_that_overflows_the_event_budget_is_undone(monkeypatch):
+    # The 3rd simulation raises EventBudgetError (as a runaway update would): training
+    # counts it, goes back to the parameters of the last good simulation and goes on.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 16)
+    times = np.linspace(0, 4, 20, endpoint=False).astype(np.float32)
+    currents = (rng.normal(size=(16, 20, 3)) + labels[:, None, None]).astype(np.float32)
+    params = network.init(jax.random.PRNGKey(0), (3, 4, 2), weight_scale=2.0, bias=0.5)
+    real, seen = network.batch_loss, []
+
+    def flaky(params, *args, **kwargs):
+        seen.append(params)
+        if len(seen) == 3:
+            raise network.EventBudgetError("a neuron fires more than 16 spikes between two input events")
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(network, "batch_loss", flaky)
+    state = train(params, times, currents, labels, "qif", 4.0, TrainConfig(epochs=2, batch_size=4), progress=False)
+    assert [row["n_overflow"] for row in state.history] == [1, 0]
+    assert len(seen) == 8
+    for a, b in zip(jax.tree_util.tree_leaves(seen[3]), jax.tree_util.tree_leaves(seen[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert all(np.isfinite(row["loss"]) for row in state.history)
