@@ -213,19 +213,26 @@ def _advance_layer(neuron, dts, kicks, budget):
     return states, currents, maybe_spiked, range_overflow, state_T, current_T
 
 
-def _running_count(mask):
+def _running_count(mask, block=8):
     """Inclusive running count of ``mask`` (intervals x neurons) in row-major order.
 
-    Same as ``jnp.cumsum(mask.reshape(-1))``, but computed as a triangular matmul
-    inside each interval plus a short cumsum over intervals: XLA's CPU cumsum over
-    tens of thousands of entries was the slowest step of a layer. Sums of 0/1 stay
-    exact in float32 up to 2**24.
+    Same as ``jnp.cumsum(mask.reshape(-1))``, but computed with small triangular
+    matmuls: inside blocks of ``block`` neurons, then over the blocks of an interval,
+    plus a short cumsum over intervals. XLA's CPU cumsum over tens of thousands of
+    entries was the slowest step of a layer, and one (n x n) triangular matmul per
+    interval costs ``n / block`` times more arithmetic than the blocks. Sums of 0/1
+    stay exact in float32 up to 2**24.
     """
-    n = mask.shape[1]
-    within = mask.astype(jnp.float32) @ jnp.triu(jnp.ones((n, n), jnp.float32))
-    totals = within[:, -1]
-    before = jnp.cumsum(totals) - totals
-    return (within + before[:, None]).reshape(-1).astype(jnp.int32)
+    k, n = mask.shape
+    n_blocks = -(-n // block)
+    padded = jnp.pad(mask.astype(jnp.float32), ((0, 0), (0, n_blocks * block - n)))
+    within = padded.reshape(k, n_blocks, block) @ jnp.triu(jnp.ones((block, block), jnp.float32))
+    block_totals = within[..., -1]
+    blocks_before = block_totals @ jnp.triu(jnp.ones((n_blocks, n_blocks), jnp.float32), 1)
+    row_totals = jnp.sum(block_totals, axis=-1)
+    rows_before = jnp.cumsum(row_totals) - row_totals
+    count = within + blocks_before[..., None] + rows_before[:, None, None]
+    return count.reshape(k, -1)[:, :n].reshape(-1).astype(jnp.int32)
 
 
 def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
