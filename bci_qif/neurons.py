@@ -35,6 +35,7 @@ the passage of ``q`` through zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -49,6 +50,13 @@ _SMALL_CURRENT = 1e-4
 # nine terms keep the truncation error below 1e-14 for |u| <= 1.
 _COS_SERIES = tuple(1.0 / math.factorial(2 * n) for n in range(9))
 _SIN_SERIES = tuple(1.0 / math.factorial(2 * n + 1) for n in range(9))
+# float32 needs only six: the first omitted term, 1/12!, is 2e-9, below float32 rounding (6e-8).
+_FLOAT32_TERMS = 6
+
+
+def _series_terms(dtype):
+    """Taylor terms needed for rounding-level accuracy at ``|u| <= 1`` in ``dtype``."""
+    return _FLOAT32_TERMS if jnp.finfo(dtype).bits <= 32 else len(_COS_SERIES)
 
 
 def _horner(coefficients, u):
@@ -71,6 +79,127 @@ def _safe(cond, x, fill):
 def _softplus(x, softness):
     """Softplus with adjustable softness: ``softness * log(1 + exp(x / softness))``."""
     return softness * jax.nn.softplus(x / softness)
+
+
+def _basis_polynomial(i, s, doublings):
+    """``C(s), S(s)`` of ``y'' + I y = 0`` without transcendental functions.
+
+    A Taylor series at ``s / 2**doublings`` followed by ``doublings`` steps of
+    ``C(2s) = C^2 - I S^2, S(2s) = 2 S C``. Accurate to rounding while
+    ``|I| s**2 <= 4**doublings`` (``in_range``); entire in ``I``, so there are no
+    branches and the derivatives are finite everywhere. From the fifth doubling on
+    both are divided by ``max(1, |C|)`` (a positive factor, irrelevant for the
+    projective state) so that strong negative currents cannot overflow.
+    """
+    scale = 0.5**doublings
+    s_r = s * scale
+    u = -i * s_r * s_r
+    in_range = jnp.abs(u) <= 1.0
+    terms = _series_terms(jnp.result_type(u))
+    C = _horner(_COS_SERIES[:terms], u)
+    S = s_r * _horner(_SIN_SERIES[:terms], u)
+    for step in range(doublings):
+        C, S = C * C - i * S * S, 2.0 * S * C
+        if step >= 4:  # |C| <= cosh(2**step) fits float32 up to here
+            norm = jnp.maximum(1.0, jnp.abs(C))
+            C, S = C / norm, S / norm
+    return C, S, in_range
+
+
+def _moebius_step(state, i, x, s, doublings):
+    """QIF state after one event-free interval (``x = exp(-dt/tau)``, ``s = 1 - x``).
+
+    Returns the new unit state ``(p, q)`` with ``q >= 0``, the ``crossing`` flags of
+    :meth:`QIF.advance` and ``in_range``.
+    """
+    p, q = state
+    C, S, in_range = _basis_polynomial(i, s, doublings)
+    p1 = x * (p * C + q * i * S)
+    q1 = q * C - p * S
+    # Keep q >= 0; q == 0 with p > 0 is the spike itself, stored as its reset (-1, 0).
+    flip = (q1 < 0) | ((q1 == 0) & (p1 > 0))
+    sign = jnp.where(flip, -1.0, 1.0)
+    norm2 = p1 * p1 + q1 * q1
+    inv_norm = sign * jax.lax.rsqrt(_safe(norm2 > 0, norm2, 1.0))
+    # Two or more spikes need the phase c*s to advance by at least pi.
+    strong = i * s * s >= jnp.pi**2
+    crossing = flip.astype(jnp.int8) + 2 * strong.astype(jnp.int8)
+    return (p1 * inv_norm, q1 * inv_norm), crossing, in_range
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _layer_scan(doublings, start, x, s, kicks):
+    """Scan of :func:`_moebius_step` over intervals, with a hand-written VJP.
+
+    ``start`` is ``(p, q, I)`` before the first interval, ``x`` and ``s`` are
+    ``(n_intervals,)`` and ``kicks`` ``(n_intervals, n)``. Returns ``(p, q, I)`` at every
+    interval start (each ``(n_intervals, n)``), the int8 flags (bits 0-1: crossing, bit 2:
+    out of range) and ``(p, q, I)`` after the last interval.
+    """
+    return _layer_scan_forward(doublings, start, x, s, kicks)
+
+
+def _layer_scan_forward(doublings, start, x, s, kicks):
+    def step(z, inputs):
+        p, q, i = z
+        x_k, s_k, kick = inputs
+        (p1, q1), crossing, in_range = _moebius_step((p, q), i, x_k, s_k, doublings)
+        flags = crossing + 4 * (~in_range).astype(jnp.int8)
+        return (p1, q1, i * x_k * x_k + kick), (p, q, i, flags)
+
+    end, (p, q, i, flags) = jax.lax.scan(step, start, (x, s, kicks))
+    return (p, q, i), flags, end
+
+
+def _layer_scan_fwd(doublings, start, x, s, kicks):
+    states, flags, end = _layer_scan_forward(doublings, start, x, s, kicks)
+    return (states, flags, end), (states, end, x, s)
+
+
+def _layer_scan_bwd(doublings, residuals, cotangents):
+    r"""Reverse scan of the step's transposed Jacobian.
+
+    One step maps ``(p, q, I)`` to ``n = v / |v|`` (sign chosen so that ``q >= 0``),
+    ``v = M (p, q)`` with ``M = [[x C, x I S], [-S, C]]``, and ``I' = I x^2 + kick``.
+    The derivatives of ``C, S`` in ``I`` are the forward-mode derivatives of the same
+    polynomial (exact for the computed flow); in ``s`` they follow from the ODE
+    ``C' = -I S, S' = C``. A positive rescaling of ``C, S`` (the doublings' overflow
+    guard) changes ``v`` only along ``v``, which the normalisation projects out.
+    """
+    (p, q, i), end, x, s = residuals
+    (g_p_out, g_q_out, g_i_out), _, g_end = cotangents
+    # State after each interval: the next interval's start, and ``end`` after the last.
+    p_after = jnp.concatenate([p[1:], end[0][None]])
+    q_after = jnp.concatenate([q[1:], end[1][None]])
+
+    def step(g, inputs):
+        p, q, i, n_p, n_q, x_k, s_k, g_p_out, g_q_out, g_i_out = inputs
+        g_np, g_nq, g_i1 = g
+        (C, S), (dC, dS) = jax.jvp(lambda c: _basis_polynomial(c, s_k, doublings)[:2], (i,), (jnp.ones_like(i),))
+        pc_qis = p * C + q * i * S
+        v_p, v_q = x_k * pc_qis, q * C - p * S
+        # n = r v with r = +-1/|v|; taking the sign from the stored n (not from
+        # recomputing the flip) keeps the two passes consistent at q = 0.
+        norm2 = v_p * v_p + v_q * v_q
+        r = (n_p * v_p + n_q * v_q) / _safe(norm2 > 0, norm2, 1.0)
+        along = g_np * n_p + g_nq * n_q
+        g_vp, g_vq = r * (g_np - along * n_p), r * (g_nq - along * n_q)
+        g_C = g_vp * x_k * p + g_vq * q
+        g_S = g_vp * x_k * q * i - g_vq * p
+        g_p = g_vp * x_k * C - g_vq * S + g_p_out
+        g_q = g_vp * x_k * i * S + g_vq * C + g_q_out
+        g_i = g_vp * x_k * q * S + g_C * dC + g_S * dS + g_i1 * x_k * x_k + g_i_out
+        g_x = g_vp * pc_qis + 2.0 * g_i1 * i * x_k
+        g_s = g_S * C - g_C * i * S
+        return (g_p, g_q, g_i), (g_x, g_s, g_i1)
+
+    g_start, (g_x, g_s, g_kicks) = jax.lax.scan(
+        step, g_end, (p, q, i, p_after, q_after, x, s, g_p_out, g_q_out, g_i_out), reverse=True
+    )
+    return g_start, g_x.sum(-1), g_s.sum(-1), g_kicks
+
+
+_layer_scan.defvjp(_layer_scan_fwd, _layer_scan_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,27 +301,8 @@ class QIF(NeuronModel):
         return C, S
 
     def _riccati_basis_polynomial(self, i, s, doublings):
-        """``C(s), S(s)`` without transcendental functions (fast path of :meth:`advance`).
-
-        A Taylor series at ``s / 2**doublings`` followed by ``doublings`` steps of
-        ``C(2s) = C^2 - I S^2, S(2s) = 2 S C``. Accurate to rounding while
-        ``|I| s**2 <= 4**doublings`` (``in_range``); entire in ``I``, so there are no
-        branches and the derivatives are finite everywhere. From the fifth doubling on
-        both are divided by ``max(1, |C|)`` (a positive factor, irrelevant for the
-        projective state) so that strong negative currents cannot overflow.
-        """
-        scale = 0.5**doublings
-        s_r = s * scale
-        u = -i * s_r * s_r
-        in_range = jnp.abs(u) <= 1.0
-        C = _horner(_COS_SERIES, u)
-        S = s_r * _horner(_SIN_SERIES, u)
-        for step in range(doublings):
-            C, S = C * C - i * S * S, 2.0 * S * C
-            if step >= 4:  # |C| <= cosh(2**step) fits float32 up to here
-                norm = jnp.maximum(1.0, jnp.abs(C))
-                C, S = C / norm, S / norm
-        return C, S, in_range
+        """``C(s), S(s)`` without transcendental functions (see :func:`_basis_polynomial`)."""
+        return _basis_polynomial(i, s, doublings)
 
     def advance(self, state, i, dt, max_spikes=1, doublings=3):
         """Advance the internal state over an event-free interval of length ``dt``.
@@ -212,21 +322,36 @@ class QIF(NeuronModel):
         overflow : bool array
             True where ``|I| s**2`` exceeded the range of ``doublings``.
         """
-        p, q = state
         x, s = self.decay(dt)
-        C, S, in_range = self._riccati_basis_polynomial(i, s, doublings)
-        p1 = x * (p * C + q * i * S)
-        q1 = q * C - p * S
-        # Keep q >= 0; q == 0 with p > 0 is the spike itself, stored as its reset (-1, 0).
-        flip = (q1 < 0) | ((q1 == 0) & (p1 > 0))
-        sign = jnp.where(flip, -1.0, 1.0)
-        norm2 = p1 * p1 + q1 * q1
-        inv_norm = sign * jax.lax.rsqrt(_safe(norm2 > 0, norm2, 1.0))
-        new_state = (p1 * inv_norm, q1 * inv_norm)
-        # Two or more spikes need the phase c*s to advance by at least pi.
-        strong = i * s * s >= jnp.pi**2
-        crossing = flip.astype(jnp.int8) + 2 * strong.astype(jnp.int8)
+        new_state, crossing, in_range = _moebius_step(state, i, x, s, doublings)
         return new_state, i * x * x, crossing, ~in_range
+
+    def advance_layer(self, dts, kicks, doublings=3):
+        """Advance a whole layer from rest through ``len(dts)`` intervals (one ``lax.scan``).
+
+        Interval ``k`` lasts ``dts[k]`` and ends with the current kicks ``kicks[k]``
+        (shape ``(n_intervals, n_neurons)``). Same result as calling :meth:`advance`
+        interval by interval, but differentiated by a hand-written backward pass
+        (:func:`_layer_scan`): autodiff of the scan replays the Taylor series and
+        doublings through every intermediate, which was the slowest part of training.
+
+        Returns
+        -------
+        states : tuple of (n_intervals, n) arrays
+            State at the start of every interval.
+        currents : (n_intervals, n) array
+            Current at the start of every interval.
+        crossing : (n_intervals, n) int8 array
+            As returned by :meth:`advance` for each interval.
+        range_overflow : (n_intervals, n) bool array
+        state_T, current_T
+            State and current after the last interval (its kick included).
+        """
+        dtype = kicks.dtype
+        x, s = self.decay(jnp.asarray(dts, dtype))
+        start = self.rest_state(kicks.shape[1:], dtype) + (jnp.zeros(kicks.shape[1:], dtype),)
+        (p, q, i), flags, (p_T, q_T, i_T) = _layer_scan(doublings, start, x, s, kicks)
+        return (p, q), i, flags & 3, (flags & 4) != 0, (p_T, q_T), i_T
 
     def _first_spike_s(self, state, i):
         """First spike in rescaled time ``s`` (``inf`` if none for any ``s``), and ``c``.
