@@ -86,7 +86,8 @@ def cmd_train(args):
     if args.epochs is not None:
         model.set_params(epochs=args.epochs)
     t0 = time.perf_counter()
-    model.fit(epochs, trials.labels, checkpoint=out / "checkpoint.npz", resume=args.resume)
+    # Subject ids let a re-centring encoder align each subject by its own mean.
+    model.fit(epochs, trials.labels, groups=trials.subjects, checkpoint=out / "checkpoint.npz", resume=args.resume)
     elapsed = time.perf_counter() - t0
     model.save(out / "model.npz", context={"preprocessing": trials.config, "class_names": trials.class_names,
                                            "subjects": sorted(set(trials.subjects.tolist()))})

@@ -9,6 +9,7 @@ Messages name the file, channel or value at fault and say what to do.
 from __future__ import annotations
 
 __all__ = [
+    "EventBudgetError",
     "BCIQIFError",
     "ConfigError",
     "DataError",
@@ -52,3 +53,12 @@ class ChannelError(DataError):
 
 class SamplingRateError(DataError):
     """Sampling rates are wrong for the requested processing or cannot be reconciled."""
+
+
+class EventBudgetError(BCIQIFError, RuntimeError):
+    """A spiking simulation needed more spikes than its event budget allows.
+
+    Raised when firing runs away (e.g. LIF neurons, which have no refractoriness,
+    driven by a large current): the budget grows automatically up to a cap, and
+    beyond it the network is considered broken rather than recompiled forever.
+    """

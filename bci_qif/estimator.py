@@ -51,19 +51,21 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     neuron : {"qif", "lif"}
         Neuron model of every layer.
     hidden_layer_sizes : tuple of int
-        Sizes of the hidden layers (at least one).
+        Sizes of the hidden layers; ``()`` connects inputs to the outputs directly.
     tau : float
         Membrane time constant in seconds (synaptic: ``tau / 2``).
     encoding : {"csp_power", "signal", "tangent_space"}
         Input encoding fitted on the training trials (see :mod:`bci_qif.encoding`).
     n_components : int or None
-        CSP components for ``"csp_power"``; principal components kept for
-        ``"tangent_space"`` (``None``: all tangent-space features).
+        CSP components for ``"csp_power"`` (``None``: 8); principal components kept
+        for ``"tangent_space"`` (``None``: all tangent-space features).
     recenter : bool
         ``"tangent_space"`` only: re-centre each subject's covariances by its own
         Riemannian mean (unsupervised cross-subject alignment). Subject ids come in
         as ``groups`` (``fit(X, y, groups=...)``, ``predict(X, groups=...)``); the
-        evaluation passes them through scikit-learn metadata routing.
+        evaluation passes them through scikit-learn metadata routing. A subject seen
+        in training keeps its training mean; without ``groups`` every trial counts
+        as the training subject, so single-subject use is unaffected.
     rate_hz : float
         Frame rate of the encoded features (one input event per frame).
     input_gain : float
@@ -98,9 +100,10 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         norm, non-finite gradient count, validation scores).
     """
 
-    def __init__(self, neuron="qif", hidden_layer_sizes=(64,), tau=0.05, encoding="csp_power", n_components=8,
-                 recenter=False, rate_hz=20.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
-                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=5.0,
+    # Defaults: the decoder chosen by nested validation (configs/default.yaml).
+    def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
+                 recenter=True, rate_hz=10.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
+                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=1.0,
                  validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
                  verbose=False):
         self.neuron = neuron
@@ -154,7 +157,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
     def _encoder_options(self):
         if self.encoding == "csp_power":
-            return {"n_components": self.n_components, "rate_hz": self.rate_hz}
+            return {"n_components": 8 if self.n_components is None else self.n_components, "rate_hz": self.rate_hz}
         if self.encoding == "tangent_space":
             return {"n_components": self.n_components, "rate_hz": self.rate_hz, "recenter": bool(self.recenter)}
         return {"rate_hz": self.rate_hz}

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .baselines import consumes_groups
+from .errors import EventBudgetError
 from .metrics import classification_metrics
 from .protocols import cross_subject_splits, within_subject_splits
 
@@ -277,6 +278,17 @@ def _run_fold(
         )
 
 
+_SCORE_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "kappa",
+    "roc_auc",
+    "f1",
+    "itr_bits_per_trial",
+    "itr_bits_per_min",
+)
+
+
 def _fit_and_score(
     name, factory, data_arrays, split, labels, class_names, duration, protocol,
     mne_log_level,
@@ -298,21 +310,31 @@ def _fit_and_score(
 
         X_test, y_test, groups_test = X[test], y[test], subjects[test]
         start = time.perf_counter()
-        y_pred = np.asarray(
-            estimator.predict(X_test, **_group_kwargs(estimator, "predict", groups_test))
-        )
-        proba = _class_scores(estimator, X_test, labels, groups_test)
+        try:
+            y_pred = np.asarray(
+                estimator.predict(X_test, **_group_kwargs(estimator, "predict", groups_test))
+            )
+            proba = _class_scores(estimator, X_test, labels, groups_test)
+            extra = _spiking_metrics(estimator, X_test, y_test, groups_test)
+        except EventBudgetError as err:
+            # A trained spiking network whose firing runs away on the test trials
+            # makes no decision: the fold is kept as a failure, not dropped silently.
+            logger.warning("%s, subject %s, fold %s: %s", name, subject, fold, err)
+            y_pred, proba, extra = None, None, {"failed": 1.0}
         predict_seconds = time.perf_counter() - start
-
-        extra = _spiking_metrics(estimator, X_test, y_test, groups_test)
-    scores = classification_metrics(
-        y_test,
-        y_pred,
-        proba=proba,
-        trial_duration_s=duration,
-        class_names=class_names,
-        labels=labels,
-    )
+    if y_pred is None:
+        scores = {key: np.nan for key in _SCORE_KEYS}
+        scores.update(class_names=list(class_names), confusion_matrix=np.zeros((0, 0)),
+                      notes=["no decision: the network exceeded its event budget on the test trials"])
+    else:
+        scores = classification_metrics(
+            y_test,
+            y_pred,
+            proba=proba,
+            trial_duration_s=duration,
+            class_names=class_names,
+            labels=labels,
+        )
     row = {
         "protocol": protocol,
         "subject": subject,
@@ -321,18 +343,7 @@ def _fit_and_score(
         "split_id": _split_id(test),
         "n_train": len(train),
         "n_test": len(test),
-        **{
-            key: scores[key]
-            for key in (
-                "accuracy",
-                "balanced_accuracy",
-                "kappa",
-                "roc_auc",
-                "f1",
-                "itr_bits_per_trial",
-                "itr_bits_per_min",
-            )
-        },
+        **{key: scores[key] for key in _SCORE_KEYS},
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "classes": json.dumps(scores["class_names"]),

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import EventBudgetError
 from .neurons import NeuronModel, get_neuron
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,6 @@ __all__ = [
     "batch_loss",
     "predict",
 ]
-
-
-class EventBudgetError(RuntimeError):
-    """A simulation needed more spikes than its event budget allows."""
 
 
 class Budget(NamedTuple):
@@ -454,7 +451,7 @@ def _with_budget(run, params, budget, result_of=lambda out: out, max_growth=8):
         if interval and budget.spikes_per_interval >= MAX_SPIKES_PER_INTERVAL:
             raise EventBudgetError(
                 f"a neuron fires more than {MAX_SPIKES_PER_INTERVAL} spikes between two input events; "
-                "the network is firing implausibly fast (LIF has no refractoriness): lower the input gain, "
+                "the network is firing implausibly fast (runaway weights; LIF has no refractoriness): lower the input gain, "
                 "the weight scale or the bias"
             )
         budget = budget.grown(interval, layers, current_range)

@@ -294,6 +294,8 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
+    last_good = (state.params, state.opt_state)  # parameters known to simulate within budget
+    initial_params = state.params
     bar = tqdm(range(state.epoch, config.epochs), initial=state.epoch, total=config.epochs,
                desc=f"train {neuron.name}", disable=not progress, leave=False)
     for epoch in bar:
@@ -302,7 +304,6 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
         losses, norms, n_nonfinite, n_overflow = [], [], 0, 0
         correct = correct_ord = 0
         hidden_counts = None
-        last_good = (state.params, state.opt_state)  # parameters known to simulate within budget
         for b, idx in enumerate(batches):
             try:
                 ((loss, result), grads), state.budget = network.batch_loss(
@@ -376,4 +377,24 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
             logger.info("early stopping after %d epochs", state.epoch)
             break
     bar.close()
+    if validation is None and state.epoch == config.epochs:
+        candidates = (state.best_params, last_good[0], initial_params)
+        state.best_params = _first_simulable(candidates, times, currents, neuron, T, batch_size, state.budget)
     return state
+
+
+def _first_simulable(candidates, times, currents, neuron, T, batch_size, budget):
+    """The first parameters that simulate all training trials within the event budget.
+
+    Without a validation set the last update is returned untested; if it made the
+    firing run away, fall back to the last parameters that simulated a minibatch,
+    then to this run's starting point. If none works the last error propagates.
+    """
+    for k, params in enumerate(candidates):
+        try:
+            evaluate_network(params, times, currents, None, neuron, T, batch_size=batch_size, budget=budget)
+            return params
+        except network.EventBudgetError as err:
+            if k == len(candidates) - 1:
+                raise
+            logger.warning("trained parameters exceed the event budget (%s); trying earlier ones", err)

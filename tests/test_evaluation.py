@@ -11,6 +11,7 @@ import pytest
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from bci_qif.baselines import BASELINES, make_baseline
+from bci_qif.errors import EventBudgetError
 from bci_qif.evaluation import RESULT_COLUMNS, EvalData, evaluate
 from bci_qif.report import paired_tests, write_report
 
@@ -333,3 +334,26 @@ def test_subject_ids_reach_fit_predict_and_spiking_metrics(eeg):
     assert sorted(tuple(g) for m, g in calls if m == "fit") == [(1,), (2,)]
     assert sorted(tuple(g) for m, g in calls if m == "spiking_metrics") == [(1,), (2,)]
     assert {tuple(g) for m, g in calls if m == "predict"} == {(1,), (2,)}
+
+
+MARK = 123.0
+
+
+class _RunawaySpiker(_LogVarianceSpiker):
+    """Fits, then cannot simulate marked trials (as if its firing ran away there)."""
+
+    def predict(self, X):
+        if np.any(X[:, 3, 0] == MARK):
+            raise EventBudgetError("a neuron fires more than 16 spikes between two input events")
+        return super().predict(X)
+
+
+def test_a_fold_whose_network_runs_away_is_kept_as_a_failure():
+    data = _constructed_data()
+    data.X[data.subjects == 1, 3, 0] = MARK  # only subject 1's test folds trip the runaway
+    results = evaluate(data, {"qif": _RunawaySpiker, "lda": _LogVarianceSpiker}, n_splits=2, progress=False)
+    failed = results[results["accuracy"].isna()]
+    assert len(failed) == 2 and set(failed["pipeline"]) == {"qif"} and set(failed["subject"]) == {1}
+    assert failed["notes"].str.contains("event budget").all() and (failed["failed"] == 1).all()
+    assert results.loc[results["pipeline"] == "lda", "accuracy"].notna().all()
+    assert results.loc[results["subject"] != 1, "accuracy"].notna().all()

@@ -41,6 +41,7 @@ LIF_NEURON = LIF()
 # Fixed budgets (compile-time constants shared by several tests); every use checks the
 # overflow flags, so a budget that became too small fails loudly instead of silently.
 BUDGETS = {
+    ("qif", 0): network.Budget(1, (32,)),
     ("qif", 2): network.Budget(1, (64, 64, 32)),
     ("qif", 3): network.Budget(1, (64, 64, 64, 32)),
     ("lif", 2): network.Budget(4, (96, 96, 64)),  # also holds the LIF continuity line
@@ -150,6 +151,8 @@ def _count_vectors(result):
 # expect: "ordinary" (all outputs spike in the trial), "silent" (no output spikes: the
 # readout is the pseudospike), "some" (at least one ordinary output spike).
 GRADIENT_CASES = {
+    # No hidden layer: the outputs read the inputs directly (the tangent-space decoder).
+    "qif-0hidden": ("qif", (5, 3), 11, (3.0,), (0.3,), 1, 1e-5, "ordinary"),
     "qif-2hidden": ("qif", (5, 8, 8, 3), 11, (3.0, 4.0, 4.0), (0.3, 0.15, 0.2), 1, 1e-5, "ordinary"),
     "qif-2hidden-silent-outputs": ("qif", (5, 8, 8, 3), 15, (3.0, 4.0, 4.0), (0.3, 0.1, 0.05), 1, 1e-5, "silent"),
     "qif-3hidden": ("qif", (5, 8, 8, 8, 3), 2, (3.0, 4.0, 4.0, 4.0), (0.3, 0.15, 0.2, 0.2), 1, 1e-5, "ordinary"),
@@ -240,7 +243,8 @@ def test_gradient_matches_finite_differences(case, x64):
     else:
         assert same.mean() >= 0.9, f"only {same.sum()} of {same.size} coordinates keep their spike counts"
     for group, idx in groups.items():
-        assert n_significant[group] >= (2 if group == "biases" else 4), (group, n_significant)
+        if len(idx):  # a network without hidden layers has no hidden or separate output weights
+            assert n_significant[group] >= (2 if group == "biases" else 4), (group, n_significant)
 
     worst = int(np.argmax(np.where(same, err, 0.0)))
     assert err[same].max() <= RTOL, (
@@ -658,8 +662,9 @@ def test_input_validation():
             network.batch_loss(params, kwargs["times"], kwargs["currents"], labels, "qif", T=kwargs["T"], grad=True)
     with pytest.raises(ValueError):
         network.loss(params, t[::-1].copy(), c[0], 0, "qif", T=T)
-    for sizes in [(5, 3), (5,), (), (5, 0, 3)]:
+    for sizes in [(5,), (), (5, 0, 3)]:
         with pytest.raises(ValueError):
             network.init(jax.random.PRNGKey(0), sizes)
+    assert network.layer_sizes_of(network.init(jax.random.PRNGKey(0), (5, 3))) == (5, 3)  # no hidden layer
     with pytest.raises(ValueError):
         network.simulate(params, t, c, "izhikevich", T=T)
