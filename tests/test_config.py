@@ -18,7 +18,8 @@ def test_shipped_configs_validate(name, neuron):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config["model"]["neuron"] == neuron
     assert config["dataset"] == {"task": "left_right_imagery", "subjects": "all"}
-    assert config["model"]["hidden_layer_sizes"] == (64,)
+    assert config["model"]["hidden_layer_sizes"] == (16,)
+    assert config["model"]["encoding"] == "tangent_space" and config["model"]["recenter"] is True
     assert set(config["evaluation"]["pipelines"]) <= set(PIPELINE_NAMES)
 
 
@@ -33,7 +34,9 @@ def test_model_section_builds_an_estimator():
 
     config = load_config(CONFIGS / "default.yaml")
     clf = QIFClassifier(**config["model"], **config["training"])
-    assert clf.validation_fraction == 0.2 and clf.patience == 10
+    assert clf.validation_fraction == 0.0 and clf.patience is None
+    # The shipped configuration and the estimator's defaults are the same decoder.
+    assert clf.get_params() == QIFClassifier().get_params()
 
 
 def test_defaults_fill_in_and_are_not_mutated():
