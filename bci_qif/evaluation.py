@@ -41,6 +41,16 @@ __all__ = ["PROTOCOLS", "RESULT_COLUMNS", "EvalData", "evaluate"]
 #: Accepted values of ``evaluate(protocol=...)``.
 PROTOCOLS = ("within-subject", "cross-subject")
 
+_SCORE_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "kappa",
+    "roc_auc",
+    "f1",
+    "itr_bits_per_trial",
+    "itr_bits_per_min",
+)
+
 #: Columns present in every result table, in this order; spiking pipelines add the
 #: keys of their ``spiking_metrics`` after these.
 RESULT_COLUMNS = [
@@ -51,13 +61,7 @@ RESULT_COLUMNS = [
     "split_id",
     "n_train",
     "n_test",
-    "accuracy",
-    "balanced_accuracy",
-    "kappa",
-    "roc_auc",
-    "f1",
-    "itr_bits_per_trial",
-    "itr_bits_per_min",
+    *_SCORE_KEYS,
     "fit_seconds",
     "predict_seconds",
     "classes",
@@ -276,17 +280,6 @@ def _run_fold(
             name, factory, data_arrays, split, labels, class_names, duration, protocol,
             mne_log_level,
         )
-
-
-_SCORE_KEYS = (
-    "accuracy",
-    "balanced_accuracy",
-    "kappa",
-    "roc_auc",
-    "f1",
-    "itr_bits_per_trial",
-    "itr_bits_per_min",
-)
 
 
 def _fit_and_score(
