@@ -15,26 +15,10 @@ import pytest  # noqa: E402
 from bci_qif import cli  # noqa: E402
 from bci_qif import realtime as rt  # noqa: E402
 from thread_check import leftover_threads  # noqa: E402
-from bci_qif.datasets import load_eegbci  # noqa: E402
-from bci_qif.estimator import QIFClassifier  # noqa: E402
 from bci_qif import gui  # noqa: E402
 from pyqtgraph.Qt import QtCore, QtGui  # noqa: E402
 
-SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
 WINDOW_S, HOP_S = 1.0, 0.1
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory, data_root):
-    """Same model as tests/test_realtime.py (trained once per session, on subject 1)."""
-    path = tmp_path_factory.getbasetemp() / "realtime_model" / "model.npz"
-    if not path.exists():
-        trials = load_eegbci([1], data_dir=data_root)
-        clf = QIFClassifier(**SMALL).fit(trials.to_epochs(), trials.labels)
-        path.parent.mkdir(exist_ok=True)
-        clf.save(path, context={"preprocessing": trials.config, "class_names": trials.class_names,
-                                "subjects": [1]})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,32 +14,13 @@ import pytest
 
 from bci_qif import realtime as rt
 from thread_check import leftover_threads
-from bci_qif.datasets import load_eegbci
 from bci_qif.errors import ChannelError, ConfigError, SamplingRateError
-from bci_qif.estimator import QIFClassifier
 from bci_qif.preprocessing import PreprocessingConfig, preprocess_raw
 
 # Same settings as tests/test_estimator.py: one compiled training step serves both.
-SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
 WINDOW_S, HOP_S = 1.0, 0.1
 # LSL streams are visible machine-wide: names unique to this process keep parallel runs apart.
 TAG = f"{os.getpid()}"
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory, data_root):
-    """A small QIF model trained on subject 1, saved with its preprocessing context.
-
-    Shared with tests/test_gui.py through the session's base temporary folder.
-    """
-    path = tmp_path_factory.getbasetemp() / "realtime_model" / "model.npz"
-    if not path.exists():
-        trials = load_eegbci([1], data_dir=data_root)
-        clf = QIFClassifier(**SMALL).fit(trials.to_epochs(), trials.labels)
-        path.parent.mkdir(exist_ok=True)
-        clf.save(path, context={"preprocessing": trials.config, "class_names": trials.class_names,
-                                "subjects": [1]})
-    return path
 
 
 @pytest.fixture(scope="module")
