@@ -4,6 +4,7 @@ Commands
 --------
 train      train a spiking decoder on EEGMMIDB subjects and save a checkpoint
 evaluate   compare spiking decoders and classical baselines under a protocol
+report     merge evaluate folders (same protocol and folds, e.g. pipelines run apart) into one report
 gui        decode a live LSL stream or a replayed recording in real time (PyQtGraph window)
 compare    LIF vs QIF study: equal searches, seeds and splits; report.md and figures
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -144,6 +146,16 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_report(args):
+    """Merge evaluation folders of one protocol and write one report over all of them."""
+    from .report import merge_runs, write_report
+
+    results, histories = merge_runs(args.runs)
+    paths = write_report(results, args.out, title=args.title, extra_histories=histories or None)
+    print(f"{len(results)} fold results from {len(args.runs)} run(s); report: {paths['markdown']}")
+    return 0
+
+
 def _replay_default(model, data_dir):
     """The first shared EEGMMIDB subject the model was not trained on."""
     from .datasets import available_subjects
@@ -160,7 +172,6 @@ def _replay_default(model, data_dir):
 
 def cmd_gui(args):
     """Open the real-time decoding window on a live LSL stream or a replayed recording."""
-    import os
 
     if args.duration is not None and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # scripted runs work headless
@@ -243,6 +254,12 @@ def build_parser():
     ev.add_argument("--out", type=Path, help="output folder (default: results/<config>_<protocol>)")
     ev.set_defaults(func=cmd_evaluate)
 
+    rep = sub.add_parser("report", help="one report over several evaluate folders of the same protocol and folds")
+    rep.add_argument("runs", nargs="+", type=Path, help="folders written by 'app.py evaluate'")
+    rep.add_argument("--out", type=Path, required=True, help="output folder of the merged report")
+    rep.add_argument("--title", default="bci_qif evaluation (merged runs)", help="title of report.md")
+    rep.set_defaults(func=cmd_report)
+
     gui = sub.add_parser("gui", help="real-time decoding window (live LSL stream or replayed recording)")
     gui.add_argument("--model", required=True, type=Path, help="model.npz, or a run folder holding one")
     where = gui.add_mutually_exclusive_group()
@@ -278,8 +295,32 @@ def build_parser():
     return parser
 
 
+def _use_persistent_jax_cache():
+    """Point JAX's persistent compilation cache at the bci_qif cache folder.
+
+    Compiling the training step takes tens of seconds; parallel folds run in
+    separate worker processes (and joblib replaces workers from time to time), so
+    without an on-disk cache every worker compiles the same programs again. Set
+    through the environment before JAX is imported so that worker processes
+    inherit it. A user's own ``JAX_COMPILATION_CACHE_DIR`` wins; an unwritable
+    cache folder just leaves the cache off.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    from .cache import default_cache_dir
+
+    folder = default_cache_dir() / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    if os.access(folder, os.W_OK):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+
+
 def main(argv=None):
     """Entry point; returns the process exit code."""
+    _use_persistent_jax_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -90,7 +90,8 @@ SECTION_DEFAULTS = {
 DATA_DEFAULTS = {
     "eeg": {"task": "left_right_imagery", "subjects": "all", "n_test_subjects": 4, "n_val_subjects": 3,
             "split_seed": 42, "preprocessing": {"bandpass": [8.0, 30.0], "tmin": 0.0, "tmax": 3.0},
-            "n_components": 8, "rate_hz": 20.0, "input_gain": 1.0},
+            "encoding": "tangent_space", "recenter": True, "n_components": None, "rate_hz": 10.0,
+            "input_gain": 1.0},
     "yinyang": {"n_train": 1500, "n_val": 500, "n_test": 1000, "seed": 0},
     "shd": {"train_file": "shd/shd_train.h5", "test_file": "shd/shd_test.h5", "max_train": None,
             "max_test": None, "val_fraction": 0.1, "split_seed": 0, "bin_s": 0.01, "T_s": 1.0,
@@ -250,11 +251,40 @@ def _split_subjects(subjects, n_test, n_val, seed):
     return sorted(order[n_test + n_val:]), sorted(order[n_test:n_test + n_val]), sorted(order[:n_test])
 
 
+def _eeg_encoder(data, X, trials, train):
+    """Fit the configured input encoding on the training subjects only.
+
+    Returns a function ``mask -> (n_trials, n_features, n_frames)`` and a phrase for
+    the report.
+    """
+    from .encoding import make_encoder
+
+    encoding = data["encoding"]
+    if encoding == "tangent_space":
+        # Subjects are aligned by their own Riemannian mean when ``recenter``: the
+        # validation and test subjects by their own unlabelled trials.
+        encoder = make_encoder(encoding, trials.sfreq, n_components=data["n_components"], rate_hz=data["rate_hz"],
+                               recenter=bool(data["recenter"]))
+        encoder.fit(X[train], trials.labels[train], groups=trials.subjects[train])
+        kept = "all" if data["n_components"] is None else f"{data['n_components']} principal"
+        phrase = (f"Riemannian tangent-space vectors ({kept} features"
+                  f"{', each subject re-centred by its own mean' if data['recenter'] else ''}) as constant "
+                  f"currents at {data['rate_hz']:g} Hz, fitted on the training subjects")
+        return (lambda mask: encoder.transform(X[mask], groups=trials.subjects[mask])), encoder.frame_rate, phrase
+    if encoding == "csp_power":
+        n_components = 8 if data["n_components"] is None else data["n_components"]
+        encoder = make_encoder(encoding, trials.sfreq, n_components=n_components, rate_hz=data["rate_hz"])
+        encoder.fit(X[train], trials.labels[train])
+        phrase = (f"CSP log-power envelopes of {n_components} components at {data['rate_hz']:g} Hz fitted on the "
+                  "training subjects")
+        return (lambda mask: encoder.transform(X[mask])), encoder.frame_rate, phrase
+    raise ConfigError(f"data.encoding must be 'tangent_space' or 'csp_power', got {encoding!r}")
+
+
 def _load_eeg(data, data_dir):
-    """PhysioNet EEGMMIDB across subjects: CSP log-power envelopes as current events."""
+    """PhysioNet EEGMMIDB across subjects, encoded as current events."""
     from .currents import to_input_events
     from .datasets import available_subjects, load_eegbci
-    from .encoding import make_encoder
 
     subjects = data["subjects"]
     if subjects == "all":
@@ -269,19 +299,16 @@ def _load_eeg(data, data_dir):
     parts = {name: np.isin(trials.subjects, group) for name, group in
              (("train", train_s), ("val", val_s), ("test", test_s))}
     X = np.asarray(trials.data, np.float64)
-    # The encoder (CSP filters and envelope standardization) sees training subjects only.
-    encoder = make_encoder("csp_power", trials.sfreq, n_components=data["n_components"], rate_hz=data["rate_hz"])
-    encoder.fit(X[parts["train"]], trials.labels[parts["train"]])
+    # The encoder (spatial filters, reference points, standardization) sees training subjects only.
+    encode, frame_rate, phrase = _eeg_encoder(data, X, trials, parts["train"])
     splits = {}
     for name, mask in parts.items():
-        times, currents = to_input_events(encoder.transform(X[mask]), encoder.frame_rate, time_scale=1.0,
-                                          gain=float(data["input_gain"]))
+        times, currents = to_input_events(encode(mask), frame_rate, time_scale=1.0, gain=float(data["input_gain"]))
         splits[name] = Split(np.asarray(times, np.float32), np.asarray(currents, np.float32),
                              np.asarray(trials.labels[mask], np.int64))
     T = X.shape[-1] / trials.sfreq
     description = (f"PhysioNet EEGMMIDB {data['task']}, cross-subject: train subjects {train_s}, validation "
-                   f"subjects {val_s}, test subjects {test_s}; CSP log-power envelopes of "
-                   f"{data['n_components']} components at {data['rate_hz']:g} Hz fitted on the training subjects")
+                   f"subjects {val_s}, test subjects {test_s}; {phrase}")
     return Task("eeg", splits["train"], splits["val"], splits["test"], T, len(trials.class_names), description,
                 "s")
 

@@ -70,7 +70,7 @@ def _check_values(section, values):
     choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64")}
     positive_ints = ("epochs", "batch_size")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
-    non_negative_numbers = ("weight_scale", "weight_decay", "gamma")
+    non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "input_noise")
 
     def fail(key, what):
         raise ConfigError(f"{section}.{key} must be {what}, got {values[key]!r}")

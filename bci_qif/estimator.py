@@ -74,6 +74,10 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         Initialisation of weights (std ``weight_scale / sqrt(fan_in)``) and biases.
     epochs, batch_size, learning_rate, grad_clip, weight_decay : optimisation
         See :class:`bci_qif.training.TrainConfig`.
+    input_noise : float
+        Gaussian noise (std, in units of the input currents) added to every training
+        trial's currents, one draw per trial and input, fresh every step; a
+        regulariser (see :class:`bci_qif.training.TrainConfig`).
     gamma, readout_tau : float
         Loss settings (``readout_tau`` in units of ``tau``).
     validation_fraction : float
@@ -103,8 +107,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     # Defaults: the decoder chosen by nested validation (configs/default.yaml).
     def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
                  recenter=True, rate_hz=10.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
-                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, gamma=0.01, readout_tau=1.0,
-                 validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
+                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, input_noise=0.0, gamma=0.01,
+                 readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
                  verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -121,6 +125,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.grad_clip = grad_clip
         self.weight_decay = weight_decay
+        self.input_noise = input_noise
         self.gamma = gamma
         self.readout_tau = readout_tau
         self.validation_fraction = validation_fraction
@@ -171,7 +176,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def _train_config(self):
         return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
                            learning_rate=float(self.learning_rate), grad_clip=self.grad_clip,
-                           weight_decay=float(self.weight_decay), patience=self.patience, gamma=float(self.gamma),
+                           weight_decay=float(self.weight_decay), input_noise=float(self.input_noise), patience=self.patience, gamma=float(self.gamma),
                            readout_tau=float(self.readout_tau), seed=int(self.random_state))
 
     def _jnp_dtype(self):

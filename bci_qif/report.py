@@ -23,7 +23,7 @@ from scipy.stats import wilcoxon
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SNN_PIPELINES", "paired_tests", "write_report"]
+__all__ = ["DEFAULT_SNN_PIPELINES", "merge_runs", "paired_tests", "write_report"]
 
 #: Pipelines treated as spiking decoders when ``snn_pipelines`` is not given.
 DEFAULT_SNN_PIPELINES = ("qif", "lif")
@@ -289,7 +289,8 @@ def write_report(
     -------
     paths : dict of str to Path
         Paths of the files written, keyed ``csv``, ``markdown``, ``per_subject``,
-        ``confusion`` and (with histories) ``curves``.
+        ``confusion`` and (with histories) ``curves`` and ``histories`` (the
+        per-epoch rows as CSV, one run per pipeline x subject x fold).
     """
     missing = [c for c in _REQUIRED + [metric] if c not in results_df.columns]
     if missing:
@@ -329,7 +330,10 @@ def write_report(
         extra_histories = results_df.attrs.get("histories") or None
     if extra_histories:
         paths["curves"] = out_dir / "training_curves.png"
-        _plot_histories(_histories_frame(extra_histories), paths["curves"])
+        paths["histories"] = out_dir / "histories.csv"
+        stacked = _histories_frame(extra_histories)
+        _plot_histories(stacked, paths["curves"])
+        stacked.rename(columns={"_run": "run"}).to_csv(paths["histories"], index=False)
 
     lines = [f"# {title}", ""]
     if "protocol" in results_df.columns:
@@ -385,6 +389,66 @@ def write_report(
     paths["markdown"].write_text("\n".join(lines), encoding="utf-8")
     logger.info("Wrote report to %s", out_dir)
     return paths
+
+
+def merge_runs(run_dirs: Sequence) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Read several evaluation folders of one protocol back as one result table.
+
+    Long evaluations can be split by pipeline (e.g. the slow spiking pipelines on
+    another machine); as long as every run used the same protocol, seed and trials,
+    their folds are the same and the scores can be compared pairwise. This checks
+    exactly that: a (subject, fold) must have the same ``split_id`` (fingerprint of
+    its test trials) in every run, and no pipeline x subject x fold may appear twice.
+
+    Parameters
+    ----------
+    run_dirs : sequence of path-like
+        Folders written by :func:`write_report` (``results.csv``, optional
+        ``histories.csv``).
+
+    Returns
+    -------
+    results : pandas.DataFrame
+        The rows of every run, in run order.
+    histories : list of pandas.DataFrame
+        One training history per pipeline x subject x fold found in the runs.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder has no ``results.csv``.
+    ValueError
+        Runs mix protocols, use different folds, or repeat a pipeline's fold.
+    """
+    tables, histories = [], []
+    for folder in map(Path, run_dirs):
+        csv = folder / "results.csv"
+        if not csv.is_file():
+            raise FileNotFoundError(f"{csv} not found: pass folders written by 'app.py evaluate'")
+        tables.append(pd.read_csv(csv).assign(_source=str(folder)))
+        history_csv = folder / "histories.csv"
+        if history_csv.is_file():
+            frame = pd.read_csv(history_csv)
+            keys = [c for c in ("run", "pipeline", "subject", "fold") if c in frame.columns]
+            histories += [run.drop(columns="run", errors="ignore") for _, run in frame.groupby(keys, sort=False)]
+    results = pd.concat(tables, ignore_index=True)
+    missing = [c for c in _REQUIRED if c not in results.columns]
+    if missing:
+        raise ValueError(f"results lack the column(s) {missing}")
+    if "protocol" in results.columns and results["protocol"].nunique() > 1:
+        raise ValueError(f"the runs mix protocols {sorted(results['protocol'].unique())}; merge one protocol")
+    repeated = results[results.duplicated(["pipeline", "subject", "fold"], keep=False)]
+    if not repeated.empty:
+        first = repeated.iloc[0]
+        raise ValueError(f"pipeline {first['pipeline']!r}, subject {first['subject']}, fold {first['fold']} "
+                         f"appears in more than one run ({sorted(repeated['_source'].unique())})")
+    if "split_id" in results.columns:
+        folds = results.groupby(["subject", "fold"])["split_id"].nunique()
+        if (folds > 1).any():
+            subject, fold = folds[folds > 1].index[0]
+            raise ValueError(f"subject {subject} fold {fold} has different test trials in different runs: "
+                             "the runs used different folds (protocol, seed or trials differ)")
+    return results.drop(columns="_source"), histories
 
 
 def plot_training_curves(history, path) -> Path:

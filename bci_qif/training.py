@@ -51,8 +51,14 @@ class TrainConfig:
         score (``None``: never stop early). The best parameters are kept.
     gamma, readout_tau : float
         Loss settings, see :func:`bci_qif.network.trial_loss`.
+    input_noise : float
+        Standard deviation of Gaussian noise added to the input currents of every
+        training minibatch: one fresh draw per trial and input channel, held over
+        all events of the trial. For static encodings (a feature vector presented
+        as a constant current) this is noise injection on the features, which acts
+        like an L2 (Tikhonov) penalty on the input weights; 0 turns it off.
     seed : int
-        Seed of the minibatch shuffling.
+        Seed of the minibatch shuffling (and of the input noise).
     """
 
     epochs: int = 30
@@ -63,6 +69,7 @@ class TrainConfig:
     patience: int | None = None
     gamma: float = 0.01
     readout_tau: float = 1.0
+    input_noise: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -74,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if not self.input_noise >= 0:
+            raise ValueError(f"input_noise must be >= 0, got {self.input_noise!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
 
@@ -92,6 +101,15 @@ def _epoch_batches(order, batch_size):
     """
     n_steps = steps_per_epoch(len(order), batch_size)
     return np.resize(order, n_steps * batch_size).reshape(n_steps, batch_size)
+
+
+def _noisy(batch_currents, noise_std, seed):
+    """``batch_currents`` plus Gaussian noise, constant over each trial's events."""
+    if not noise_std:
+        return batch_currents
+    n_trials, _, n_inputs = batch_currents.shape
+    noise = np.random.default_rng(seed).standard_normal((n_trials, 1, n_inputs))
+    return batch_currents + (noise_std * noise).astype(batch_currents.dtype)
 
 
 def _event_times(times, idx):
@@ -306,8 +324,9 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
         hidden_counts = None
         for b, idx in enumerate(batches):
             try:
+                batch_currents = _noisy(currents[idx], config.input_noise, (config.seed, epoch, b))
                 ((loss, result), grads), state.budget = network.batch_loss(
-                    state.params, _event_times(times, idx), currents[idx], labels[idx], neuron, T=T,
+                    state.params, _event_times(times, idx), batch_currents, labels[idx], neuron, T=T,
                     gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget, grad=True,
                 )
             except network.EventBudgetError as err:

@@ -66,6 +66,13 @@ VARIANTS = {
     "ts_h0_rc": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, recenter=True),
     "ts_h0_ws1_b1_rc": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, weight_scale=1.0, bias=1.0,
                             recenter=True),
+    # Noise injection on the input currents (one draw per trial and feature, every step).
+    "ts_h16_noise05": dict(TS_BASE, input_noise=0.5),
+    "ts_h16_noise1": dict(TS_BASE, input_noise=1.0),
+    "ts_h16_noise2": dict(TS_BASE, input_noise=2.0),
+    "ts_h0_ws1_b1_noise1": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, weight_scale=1.0, bias=1.0,
+                                input_noise=1.0),
+    "ts_h16_rc_noise1": dict(TS_BASE, recenter=True, input_noise=1.0),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",

@@ -128,3 +128,20 @@ def test_quick_yinyang_study_writes_every_output(tmp_path):
     # the same candidates for both models
     qif, lif = (search[search.model == m].sort_values("candidate") for m in ("qif", "lif"))
     assert np.allclose(qif["learning_rate"], lif["learning_rate"])
+
+
+def test_quick_eeg_study_on_real_recordings_writes_every_output(tmp_path, data_root):
+    out = tmp_path / "eeg"
+    rc = main(["compare", "--config", str(CONFIGS / "compare_eeg.yaml"), "--quick", "--data-dir", str(data_root),
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    for name in compare.OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    # Subjects 1, 2, 4, 5, 7 (the quick section): 45 trials each, split by subject.
+    report = (out / "report.md").read_text()
+    assert "tangent-space" in report and "re-centred" in report
+    for model in compare.MODELS:
+        assert 0.0 <= summary["metrics"][model]["test_acc"][0] <= 1.0
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["model"].unique()) == ["lif", "qif"] and len(runs) == 4

@@ -13,7 +13,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from bci_qif.baselines import BASELINES, make_baseline
 from bci_qif.errors import EventBudgetError
 from bci_qif.evaluation import RESULT_COLUMNS, EvalData, evaluate
-from bci_qif.report import paired_tests, write_report
+from bci_qif.report import merge_runs, paired_tests, write_report
 
 SUBJECTS = (1, 2)
 N_SPLITS = 5
@@ -181,6 +181,47 @@ def test_report_with_spiking_rows_tests_and_curves(within, tmp_path):
     assert np.isnan(row["p_value"]) and "zero" in row["note"]
     other = tests.set_index("baseline").loc["mdm"]
     assert 0 < other["p_value"] <= 1
+
+
+def test_runs_split_by_pipeline_merge_into_one_report(within, loso, tmp_path):
+    from bci_qif.cli import main
+
+    # Two runs on the same folds: baselines in one, a stand-in spiking pipeline with
+    # training curves in the other (as when the slow pipelines run elsewhere).
+    qif = within[within.pipeline == "ts_lr"].assign(pipeline="qif", acc_ord=0.5, silent_fraction=0.1,
+                                                    spikes_per_trial=12.0)
+    histories = [pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.9, 0.7, 0.6], "acc": [0.5, 0.6, 0.7]})
+                 .assign(pipeline="qif", subject=subject, fold=fold)
+                 for subject, fold in qif[["subject", "fold"]].itertuples(index=False)]
+    write_report(within, tmp_path / "baselines")
+    write_report(qif, tmp_path / "spiking", extra_histories=histories)
+    assert (tmp_path / "spiking" / "histories.csv").is_file()
+    assert not (tmp_path / "baselines" / "histories.csv").exists()
+
+    merged, merged_histories = merge_runs([tmp_path / "baselines", tmp_path / "spiking"])
+    assert len(merged) == len(within) + len(qif)
+    assert list(dict.fromkeys(merged["pipeline"])) == [*BASELINES, "qif"]
+    np.testing.assert_allclose(merged.loc[merged.pipeline == "qif", "accuracy"], qif["accuracy"])
+    assert len(merged_histories) == len(histories)
+    assert all(list(h["loss"]) == [0.9, 0.7, 0.6] for h in merged_histories)
+
+    assert main(["report", str(tmp_path / "baselines"), str(tmp_path / "spiking"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    text = (tmp_path / "merged" / "report.md").read_text()
+    assert "## Paired tests" in text and "## Training curves" in text and "| qif |" in text
+    assert _is_png(tmp_path / "merged" / "training_curves.png")
+
+    with pytest.raises(ValueError, match="more than one run"):
+        merge_runs([tmp_path / "baselines", tmp_path / "baselines"])
+    write_report(loso, tmp_path / "loso")
+    with pytest.raises(ValueError, match="mix protocols"):
+        merge_runs([tmp_path / "baselines", tmp_path / "loso"])
+    write_report(qif.assign(split_id="other"), tmp_path / "other_folds")
+    with pytest.raises(ValueError, match="different folds"):
+        merge_runs([tmp_path / "baselines", tmp_path / "other_folds"])
+    with pytest.raises(FileNotFoundError, match="results.csv"):
+        merge_runs([tmp_path / "nowhere"])
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_paired_tests_with_enough_subjects():

@@ -13,7 +13,8 @@ import pytest
 
 from bci_qif import QIFClassifier, network
 from bci_qif.datasets import load_eegbci
-from bci_qif.training import TrainConfig, TrainingState, _epoch_batches, make_optimizer, steps_per_epoch, train
+from bci_qif.training import (TrainConfig, TrainingState, _epoch_batches, _noisy, make_optimizer, steps_per_epoch,
+                              train)
 
 LEARN = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=15,
              random_state=0)
@@ -69,10 +70,26 @@ def test_validation_split_and_early_stopping(trials):
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("learning_rate", 0.0),
-                                          ("grad_clip", -1.0), ("patience", 0)])
+                                          ("grad_clip", -1.0), ("patience", 0),
+                                          ("input_noise", -0.1), ("input_noise", math.nan)])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_input_noise_is_one_draw_per_trial_and_input_held_over_the_events():
+    currents = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    assert _noisy(currents, 0.0, (0, 0, 0)) is currents
+    noisy = _noisy(currents, 0.5, (0, 1, 2))
+    noise = noisy - currents
+    assert noisy.dtype == np.float32 and noisy.shape == currents.shape
+    np.testing.assert_allclose(noise, np.broadcast_to(noise[:, :1], noise.shape), atol=1e-5)
+    assert np.all(noise[:, 0] != 0) and np.unique(noise[:, 0]).size == 4 * 3
+    np.testing.assert_array_equal(noisy, _noisy(currents, 0.5, (0, 1, 2)))  # reproducible
+    assert not np.array_equal(noisy, _noisy(currents, 0.5, (0, 1, 3)))  # fresh at every step
+    big = _noisy(np.zeros((2000, 1, 5), np.float32), 0.5, (1,))
+    assert abs(float(big.std()) - 0.5) < 0.02
+    assert QIFClassifier(input_noise=0.3)._train_config().input_noise == 0.3
 
 
 def test_training_state_round_trips_through_plain_arrays():
