@@ -584,6 +584,15 @@ def test_budget_overflow_after_all_growth_raises():
     assert grown.spikes_per_interval == 1 and grown.spikes_per_layer == (4, 8, 4) and grown.doublings > 3
 
 
+def test_budget_grows_to_the_observed_need():
+    """With the need known, an overflowing layer grows to it plus a margin, not to double."""
+    start = network.Budget(1, (512, 16, 16))
+    grown = start.grown(False, (True, False, True), False, (632, 3, 17))
+    assert grown.spikes_per_layer == (768, 16, 64)
+    assert all(g % network.BUDGET_QUANTUM == 0 for g in grown.spikes_per_layer[::2])
+    assert start.grown(False, (True, False, False), False, (1, 1, 1)).spikes_per_layer[0] > 512
+
+
 def test_simulate_grows_a_small_budget_to_the_right_answer(x64):
     params, times, currents, reference, need, _ = _per_trial_reference("qif-2hidden")
     start = network.Budget(1, tuple((n + 1) // 2 for n in need))  # every layer overflows
