@@ -247,7 +247,7 @@ def _split_subjects(subjects, n_test, n_val, seed):
     if n_test < 1 or n_val < 1 or len(subjects) < n_test + n_val + 1:
         raise ConfigError(f"need at least n_test_subjects + n_val_subjects + 1 = {n_test + n_val + 1} subjects, "
                           f"got {len(subjects)}; n_test_subjects and n_val_subjects must be >= 1")
-    order = list(np.random.default_rng(seed).permutation(subjects))
+    order = [int(s) for s in np.random.default_rng(seed).permutation(subjects)]
     return sorted(order[n_test + n_val:]), sorted(order[n_test:n_test + n_val]), sorted(order[:n_test])
 
 

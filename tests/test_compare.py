@@ -138,9 +138,12 @@ def test_quick_eeg_study_on_real_recordings_writes_every_output(tmp_path, data_r
     for name in compare.OUTPUT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    # Subjects 1, 2, 4, 5, 7 (the quick section): 45 trials each, split by subject.
     report = (out / "report.md").read_text()
     assert "tangent-space" in report and "re-centred" in report
+    # Subjects 1, 2, 4, 5 (the quick section), split by subject: 2 train, 1 validation, 1 test.
+    data_line = next(line for line in report.splitlines() if line.startswith("**Data**"))
+    groups = [json.loads(part.split("]")[0] + "]") for part in data_line.split("subjects ")[1:]]
+    assert [len(g) for g in groups] == [2, 1, 1] and sorted(sum(groups, [])) == [1, 2, 4, 5]
     for model in compare.MODELS:
         assert 0.0 <= summary["metrics"][model]["test_acc"][0] <= 1.0
     runs = pd.read_csv(out / "runs.csv")
