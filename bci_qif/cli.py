@@ -172,7 +172,6 @@ def _replay_default(model, data_dir):
 
 def cmd_gui(args):
     """Open the real-time decoding window on a live LSL stream or a replayed recording."""
-
     if args.duration is not None and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # scripted runs work headless
     from .realtime import LSLSource, ReplaySource, configure_lsl, load_model, load_recording
@@ -303,7 +302,8 @@ def _use_persistent_jax_cache():
     without an on-disk cache every worker compiles the same programs again. Set
     through the environment before JAX is imported so that worker processes
     inherit it. A user's own ``JAX_COMPILATION_CACHE_DIR`` wins; an unwritable
-    cache folder just leaves the cache off.
+    cache folder just leaves the cache off. The folder is capped at 512 MiB (JAX
+    deletes the least recently used programs beyond that).
     """
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
@@ -316,6 +316,7 @@ def _use_persistent_jax_cache():
         return
     if os.access(folder, os.W_OK):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))
 
 
 def main(argv=None):

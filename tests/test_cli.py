@@ -182,3 +182,30 @@ def test_missing_data_dir_fails_fast_from_the_command_line(config_file, tmp_path
     assert proc.returncode == 2, proc.stderr
     assert "no_such_dir" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_commands_share_a_persistent_jax_compilation_cache(tmp_path):
+    # A fresh process (as a joblib worker is) that runs main()'s set-up writes compiled
+    # programs into <cache>/jax, so the next process can load them instead of compiling.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env["BCI_QIF_CACHE"] = str(tmp_path / "cache")
+    script = ("from bci_qif import cli; cli._use_persistent_jax_cache(); import os, jax; "
+              "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+              "jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready(); "
+              "print(os.environ['JAX_COMPILATION_CACHE_DIR'], os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'])")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder, max_size = done.stdout.split()
+    assert Path(folder) == tmp_path / "cache" / "jax" and int(max_size) == 512 * 2**20
+    assert any((tmp_path / "cache" / "jax").iterdir())
+    # A user's own choice wins; an unwritable cache location leaves the cache off.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+    script = "from bci_qif import cli; cli._use_persistent_jax_cache(); import os; print(os.environ['JAX_COMPILATION_CACHE_DIR'])"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == str(tmp_path / "mine")
+    del env["JAX_COMPILATION_CACHE_DIR"]
+    (tmp_path / "a_file").write_text("not a folder")
+    env["BCI_QIF_CACHE"] = str(tmp_path / "a_file")
+    script = "from bci_qif import cli; cli._use_persistent_jax_cache(); import os; print(os.environ.get('JAX_COMPILATION_CACHE_DIR'))"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "None"
