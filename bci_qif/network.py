@@ -238,39 +238,14 @@ def _advance_layer(neuron, dts, kicks, budget):
     return states, currents, maybe_spiked, range_overflow, state_T, current_T
 
 
-def _running_count(mask, block=8):
-    """Inclusive running count of ``mask`` over each trial's (interval, neuron) pairs.
-
-    ``mask`` is ``(intervals, ..., neurons)`` (any trial axes in between, in the scan's
-    layout). Per trial, the count runs in row-major (interval, neuron) order, as
-    ``jnp.cumsum(mask[:, b].reshape(-1))`` would, and comes back in ``mask``'s shape.
-    It is computed with small triangular matmuls: inside blocks of ``block`` neurons,
-    then over the blocks of an interval, plus a short cumsum over intervals. XLA's CPU
-    cumsum over tens of thousands of entries was the slowest step of a layer, and one
-    (n x n) triangular matmul per interval costs ``n / block`` times more arithmetic
-    than the blocks. Working in the scan's layout avoids transposing the mask. Sums of
-    0/1 stay exact in float32 up to 2**24.
-    """
-    n = mask.shape[-1]
-    n_blocks = -(-n // block)
-    padded = jnp.pad(mask.astype(jnp.float32), [(0, 0)] * (mask.ndim - 1) + [(0, n_blocks * block - n)])
-    within = padded.reshape(mask.shape[:-1] + (n_blocks, block)) @ jnp.triu(jnp.ones((block, block), jnp.float32))
-    block_totals = within[..., -1]
-    blocks_before = block_totals @ jnp.triu(jnp.ones((n_blocks, n_blocks), jnp.float32), 1)
-    row_totals = jnp.sum(block_totals, axis=-1)
-    rows_before = jnp.cumsum(row_totals, axis=0) - row_totals
-    count = within + blocks_before[..., None] + rows_before[..., None, None]
-    return count.reshape(mask.shape[:-1] + (-1,))[..., :n].astype(jnp.int32)
-
-
 def _first_reaching(cumulative, n_targets):
-    """Per trial, the first (interval, neuron) pair whose running count reaches 1, 2, ...
+    """Per trial, the first position whose running count reaches 1, 2, ..., ``n_targets``.
 
-    ``cumulative`` is ``(intervals, trials, neurons)`` from :func:`_running_count`.
-    Returns ``(trials, n_targets)`` positions ``interval * neurons + neuron`` in each
-    trial's row-major order (``intervals * neurons`` where a target is never reached):
-    a batched binary search (``searchsorted(..., side="left")`` per trial) that reads
-    the counts where they lie, so the (large) count array is never transposed.
+    ``cumulative`` is ``(rows, trials, columns)``: per trial an inclusive running count
+    in row-major (row, column) order. Returns ``(trials, n_targets)`` positions
+    ``row * columns + column`` (``rows * columns`` where a target is never reached): a
+    batched binary search (``searchsorted(..., side="left")`` per trial) that reads the
+    counts where they lie, so the count array is never transposed.
     """
     k, n_trials, n = cumulative.shape
     flat = cumulative.reshape(-1)
@@ -287,6 +262,46 @@ def _first_reaching(cumulative, n_targets):
         lo = jnp.where(active & right, mid + 1, lo)
         hi = jnp.where(active & ~right, mid, hi)
     return lo
+
+
+def _pick_pairs(mask, n_targets, block=8):
+    """Per trial, the first ``n_targets`` (interval, neuron) pairs where ``mask`` holds.
+
+    ``mask`` is ``(intervals, trials, neurons)`` (the scan's layout). Pairs are taken in
+    each trial's row-major (interval, neuron) order, i.e. in time order of intervals.
+    The search runs in two levels: over a running count of blocks of ``block`` neurons
+    (a binary search, :func:`_first_reaching`), then among the ``block`` mask entries of
+    the found block. A running count of every single pair (an event-sized array, and
+    earlier a small-matrix product per block to build it) is never formed.
+
+    Returns
+    -------
+    position : (trials, n_targets) int32
+        ``interval * neurons + neuron`` of each pair; meaningless where the trial has
+        fewer pairs (see ``n_found``).
+    n_found : (trials,) int32
+        Number of pairs per trial (may exceed ``n_targets``: a layer-budget overflow).
+    """
+    k, n_trials, n = mask.shape
+    n_blocks = -(-n // block)
+    blocks = jnp.pad(mask, ((0, 0), (0, 0), (0, n_blocks * block - n))).reshape(k, n_trials, n_blocks, block)
+    block_totals = jnp.sum(blocks, axis=-1, dtype=jnp.int32)
+    within_row = jnp.cumsum(block_totals, axis=-1)
+    row_totals = within_row[..., -1]
+    cumulative = within_row + (jnp.cumsum(row_totals, axis=0) - row_totals)[..., None]
+    n_found = cumulative[-1, :, -1]
+    # The block that holds the j-th pair, and how many pairs come before that block.
+    found = jnp.minimum(_first_reaching(cumulative, n_targets), k * n_blocks - 1)
+    trial = jnp.arange(n_trials, dtype=jnp.int32)[:, None]
+    row = ((found // n_blocks) * n_trials + trial) * n_blocks + found % n_blocks
+    before = cumulative.reshape(-1)[row] - block_totals.reshape(-1)[row]
+    # Inside the block: the (j - before)-th set entry.
+    rank = jnp.arange(1, n_targets + 1, dtype=jnp.int32) - before
+    bits = blocks.reshape(-1, block)[row].astype(jnp.int32)
+    offset = jnp.sum(jnp.cumsum(bits, axis=-1) < rank[..., None], axis=-1)
+    interval = found // n_blocks
+    neuron = (found % n_blocks) * block + offset
+    return interval * n + neuron, n_found
 
 
 def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
@@ -318,10 +333,9 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
     # (interval, trial, neuron) arrays where they lie: gathering from a trial-major
     # copy cost a transpose of every state array, and in the backward pass a
     # transpose of every dense cotangent.
-    cumulative = _running_count(maybe_spiked > 0)
-    n_found = cumulative[-1, :, -1]
+    position, n_found = _pick_pairs(maybe_spiked > 0, n_candidates)
     kept = jnp.arange(n_candidates) < n_found[:, None]
-    position = jnp.where(kept, _first_reaching(cumulative, n_candidates), 0)
+    position = jnp.where(kept, position, 0)
     interval, source = position // n, position % n
     trial = jnp.arange(n_trials)[:, None]
     index = (interval * n_trials + trial) * n + source
