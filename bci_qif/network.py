@@ -238,86 +238,168 @@ def _advance_layer(neuron, dts, kicks, budget):
     return states, currents, maybe_spiked, range_overflow, state_T, current_T
 
 
-def _running_count(mask, block=8):
-    """Inclusive running count of ``mask`` (intervals x neurons) in row-major order.
+def _first_reaching(cumulative, n_targets):
+    """Per trial, the first position whose running count reaches 1, 2, ..., ``n_targets``.
 
-    Same as ``jnp.cumsum(mask.reshape(-1))``, but computed with small triangular
-    matmuls: inside blocks of ``block`` neurons, then over the blocks of an interval,
-    plus a short cumsum over intervals. XLA's CPU cumsum over tens of thousands of
-    entries was the slowest step of a layer, and one (n x n) triangular matmul per
-    interval costs ``n / block`` times more arithmetic than the blocks. Sums of 0/1
-    stay exact in float32 up to 2**24.
+    ``cumulative`` is ``(rows, trials, columns)``: per trial an inclusive running count
+    in row-major (row, column) order. Returns ``(trials, n_targets)`` positions
+    ``row * columns + column`` (``rows * columns`` where a target is never reached): a
+    batched binary search (``searchsorted(..., side="left")`` per trial) that reads the
+    counts where they lie, so the count array is never transposed.
     """
-    k, n = mask.shape
+    k, n_trials, n = cumulative.shape
+    flat = cumulative.reshape(-1)
+    size = k * n
+    targets = jnp.arange(1, n_targets + 1, dtype=jnp.int32)
+    trial = jnp.arange(n_trials, dtype=jnp.int32)[:, None]
+    lo = jnp.zeros((n_trials, n_targets), jnp.int32)
+    hi = jnp.full((n_trials, n_targets), size, jnp.int32)
+    for _ in range(int(size).bit_length()):
+        mid = jnp.minimum((lo + hi) // 2, size - 1)
+        value = flat[((mid // n) * n_trials + trial) * n + mid % n]
+        active = lo < hi
+        right = value < targets
+        lo = jnp.where(active & right, mid + 1, lo)
+        hi = jnp.where(active & ~right, mid, hi)
+    return lo
+
+
+def _pick_pairs(mask, n_targets, block=8):
+    """Per trial, the first ``n_targets`` (interval, neuron) pairs where ``mask`` holds.
+
+    ``mask`` is ``(intervals, trials, neurons)`` (the scan's layout). Pairs are taken in
+    each trial's row-major (interval, neuron) order, i.e. in time order of intervals.
+    The search runs in two levels: over a running count of blocks of ``block`` neurons
+    (a binary search, :func:`_first_reaching`), then among the ``block`` mask entries of
+    the found block. A running count of every single pair (an event-sized array, and
+    earlier a small-matrix product per block to build it) is never formed.
+
+    Returns
+    -------
+    position : (trials, n_targets) int32
+        ``interval * neurons + neuron`` of each pair; meaningless where the trial has
+        fewer pairs (see ``n_found``).
+    n_found : (trials,) int32
+        Number of pairs per trial (may exceed ``n_targets``: a layer-budget overflow).
+    """
+    k, n_trials, n = mask.shape
     n_blocks = -(-n // block)
-    padded = jnp.pad(mask.astype(jnp.float32), ((0, 0), (0, n_blocks * block - n)))
-    within = padded.reshape(k, n_blocks, block) @ jnp.triu(jnp.ones((block, block), jnp.float32))
-    block_totals = within[..., -1]
-    blocks_before = block_totals @ jnp.triu(jnp.ones((n_blocks, n_blocks), jnp.float32), 1)
-    row_totals = jnp.sum(block_totals, axis=-1)
-    rows_before = jnp.cumsum(row_totals) - row_totals
-    count = within + blocks_before[..., None] + rows_before[:, None, None]
-    return count.reshape(k, -1)[:, :n].reshape(-1).astype(jnp.int32)
+    blocks = jnp.pad(mask, ((0, 0), (0, 0), (0, n_blocks * block - n))).reshape(k, n_trials, n_blocks, block)
+    block_totals = jnp.sum(blocks, axis=-1, dtype=jnp.int32)
+    within_row = jnp.cumsum(block_totals, axis=-1)
+    row_totals = within_row[..., -1]
+    cumulative = within_row + (jnp.cumsum(row_totals, axis=0) - row_totals)[..., None]
+    n_found = cumulative[-1, :, -1]
+    # The block that holds the j-th pair, and how many pairs come before that block.
+    found = jnp.minimum(_first_reaching(cumulative, n_targets), k * n_blocks - 1)
+    trial = jnp.arange(n_trials, dtype=jnp.int32)[:, None]
+    row = ((found // n_blocks) * n_trials + trial) * n_blocks + found % n_blocks
+    before = cumulative.reshape(-1)[row] - block_totals.reshape(-1)[row]
+    # Inside the block: the (j - before)-th set entry.
+    rank = jnp.arange(1, n_targets + 1, dtype=jnp.int32) - before
+    bits = blocks.reshape(-1, block)[row].astype(jnp.int32)
+    offset = jnp.sum(jnp.cumsum(bits, axis=-1) < rank[..., None], axis=-1)
+    interval = found // n_blocks
+    neuron = (found % n_blocks) * block + offset
+    return interval * n + neuron, n_found
 
 
 def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
-    """Simulate one layer driven by sorted input events.
+    """Simulate one layer of a batch of trials driven by sorted input events.
 
-    Returns the layer's spikes (up to its budget), per-neuron counts, first spike
-    per neuron, the state and current at ``T`` and the overflow flags.
+    ``event_times`` is ``(trials, events)``; ``kicks`` is ``(events, trials, neurons)``,
+    the layout of the scan over events (vmapped over trials on axis 1, so that no
+    event-sized array is transposed on the way in or, in the backward pass, on the
+    way out). Returns, per trial, the layer's spikes (up to its budget), per-neuron
+    counts, the first spike per neuron, the state and current at ``T`` and the
+    overflow flags.
     """
-    n = kicks.shape[1]
+    n_trials, n = event_times.shape[0], kicks.shape[-1]
     dtype = kicks.dtype
     per_interval = budget.spikes_per_interval
     n_candidates = budget.spikes_per_layer[layer_index]
     in_trial = event_times < T
-    ends = jnp.concatenate([jnp.where(in_trial, event_times, T), jnp.array([T], dtype)])
-    starts = jnp.concatenate([jnp.zeros((1,), dtype), ends[:-1]])
+    ends = jnp.concatenate([jnp.where(in_trial, event_times, T), jnp.full((n_trials, 1), T, dtype)], axis=1)
+    starts = jnp.concatenate([jnp.zeros((n_trials, 1), dtype), ends[:, :-1]], axis=1)
     dts = ends - starts
-    kicks = jnp.concatenate([kicks * in_trial[:, None], jnp.zeros((1, n), dtype)])
+    kicks = jnp.concatenate([kicks * in_trial.T[:, :, None], jnp.zeros((1, n_trials, n), dtype)])
 
-    states, currents, maybe_spiked, range_overflow, state_T, current_T = _advance_layer(neuron, dts, kicks, budget)
+    scan = jax.vmap(lambda d, k: _advance_layer(neuron, d, k, budget), in_axes=(0, 1), out_axes=(1, 1, 1, 1, 0, 0))
+    states, currents, maybe_spiked, range_overflow, state_T, current_T = scan(dts, kicks)
     # The last kick is zero, so current_T is the current at T.
 
     # Spikes are sparse: pick the (interval, neuron) pairs that may hold spikes, in
-    # time order, and compute exact spike times for those only.
-    cumulative = _running_count(maybe_spiked > 0)
-    n_found = cumulative[-1]
-    kept = jnp.arange(n_candidates) < n_found
-    index = jnp.searchsorted(cumulative, jnp.arange(1, n_candidates + 1), side="left", method="scan_unrolled")
-    index = jnp.where(kept, index, 0)
-    interval, source = index // n, index % n
+    # time order, and compute exact spike times for those only. The picks read the
+    # (interval, trial, neuron) arrays where they lie: gathering from a trial-major
+    # copy cost a transpose of every state array, and in the backward pass a
+    # transpose of every dense cotangent.
+    position, n_found = _pick_pairs(maybe_spiked > 0, n_candidates)
+    kept = jnp.arange(n_candidates) < n_found[:, None]
+    position = jnp.where(kept, position, 0)
+    interval, source = position // n, position % n
+    trial = jnp.arange(n_trials)[:, None]
+    index = (interval * n_trials + trial) * n + source
     picked_state = tuple(s.reshape(-1)[index] for s in states)
     odd = (maybe_spiked.reshape(-1)[index] & 1) == 1
     offsets, counts = neuron.spikes_in_interval(
-        picked_state, currents.reshape(-1)[index], dts[interval], per_interval, odd=odd
+        picked_state, currents.reshape(-1)[index], dts[trial, interval], per_interval, odd=odd
     )
     counts = jnp.where(kept, counts, 0)
-    times = jnp.where(kept[:, None], starts[interval][:, None] + offsets, jnp.inf)
-    spike_counts = jnp.zeros((n,), jnp.int32).at[source].add(counts)
+    times = jnp.where(kept[..., None], starts[trial, interval][..., None] + offsets, jnp.inf)
+    spike_counts = jnp.zeros((n_trials, n), jnp.int32).at[trial, source].add(counts)
     trace_at_T = None
     if neuron.has_pseudodynamics:
         # What the spikes still contribute to a downstream current at T (kick decayed by
         # exp(-2 (T - t) / tau)); the pseudodynamics need it to avoid counting twice.
         finite = jnp.isfinite(times)
         decay_at_T = jnp.where(finite, jnp.exp(-2.0 * (T - jnp.where(finite, times, T)) / neuron.tau), 0.0)
-        trace_at_T = jnp.zeros((n,), dtype).at[source].add(jnp.sum(decay_at_T, axis=1))
-    # First spike of every neuron (a masked min keeps the gradient exact).
-    first = jnp.min(jnp.where(source[None, :, None] == jnp.arange(n)[:, None, None], times[None], jnp.inf),
-                    axis=(1, 2)) if layer_index == len(budget.spikes_per_layer) - 1 else None
+        trace_at_T = jnp.zeros((n_trials, n), dtype).at[trial, source].add(jnp.sum(decay_at_T, axis=-1))
+    first = None
+    if layer_index == len(budget.spikes_per_layer) - 1:
+        # First spike of every neuron (a masked min keeps the gradient exact).
+        mine = source[:, None, :, None] == jnp.arange(n)[None, :, None, None]
+        first = jnp.min(jnp.where(mine, times[:, None], jnp.inf), axis=(2, 3))
     return {
-        "spike_times": times.reshape(-1),
-        "spike_sources": jnp.repeat(source, per_interval),
+        "spike_times": times.reshape(n_trials, -1),
+        "spike_sources": jnp.repeat(source, per_interval, axis=1),
         "counts": spike_counts,
         "trace_at_T": trace_at_T,
         "first": first,
         "state_T": state_T,
         "current_T": current_T,
-        "interval_overflow": jnp.any(counts > per_interval),
-        "range_overflow": jnp.any(range_overflow),
+        "interval_overflow": jnp.any(counts > per_interval, axis=1),
+        "range_overflow": jnp.any(range_overflow, axis=(0, 2)),
         "layer_overflow": n_found > n_candidates,
         "layer_need": n_found,
     }
+
+
+@jax.custom_vjp
+def _project_inputs(currents, w):
+    """``currents @ w.T`` of a batch, returned in the scans' (event, trial, neuron) order.
+
+    Transposing the currents (``n_inputs`` wide) is cheaper than transposing the kicks
+    (``n_neurons`` wide). The weight gradient is written by hand as the product of the
+    transposed currents with the kick cotangent: left to autodiff, XLA computed it as
+    ``cotangent.T @ currents`` and transposed the event-sized cotangent first.
+    """
+    return jnp.swapaxes(currents, 0, 1) @ w.T
+
+
+def _project_inputs_fwd(currents, w):
+    by_event = jnp.swapaxes(currents, 0, 1)
+    return by_event @ w.T, (by_event, w)
+
+
+def _project_inputs_bwd(residuals, g):
+    by_event, w = residuals
+    n_inputs = by_event.shape[-1]
+    # (n_inputs, events x trials) @ (events x trials, n_neurons): a plain matmul.
+    g_w = (by_event.reshape(-1, n_inputs).T @ g.reshape(-1, g.shape[-1])).T
+    return jnp.swapaxes(g @ w, 0, 1), g_w
+
+
+_project_inputs.defvjp(_project_inputs_fwd, _project_inputs_bwd)
 
 
 def _pseudo_activity(neuron, layer, pre_activation):
@@ -355,30 +437,59 @@ def simulate_trial(params, times, currents, neuron, T, budget):
     -------
     SimulationResult
     """
-    dtype = params[0]["w"].dtype
-    times = jnp.asarray(times, dtype)
-    currents = jnp.asarray(currents, dtype)
-    T = jnp.asarray(T, dtype)
-    in_trial = (times < T)[:, None]
-    n_in_trial = jnp.maximum(jnp.sum(in_trial), 1)
-    pre_activation_input = jnp.sum(currents * in_trial, axis=0) / n_in_trial
+    result = simulate_batch(params, jnp.asarray(times)[None], jnp.asarray(currents)[None], neuron, T, budget)
+    return jax.tree_util.tree_map(lambda x: x[0], result)
 
-    event_times, kicks = times, currents @ params[0]["w"].T + params[0]["b"]
-    layers, activity = [], pre_activation_input
+
+def simulate_batch(params, times, currents, neuron, T, budget):
+    """Simulate a batch of trials (pure function; :func:`simulate` adds jit and budgets).
+
+    Same as ``jax.vmap(simulate_trial)`` but faster: the layer scans run vmapped in
+    their own (event, trial, neuron) layout, and everything that reads or feeds them
+    (input projection, spike picking, next layer's kicks) works in that layout too,
+    so no event-sized array or cotangent is transposed between trial-major and
+    event-major order.
+
+    Parameters
+    ----------
+    params : list of dict
+    times : (n_events,) or (batch, n_events) array
+        Sorted event times, shared by all trials or per trial.
+    currents : (batch, n_events, n_inputs) array
+    neuron : NeuronModel
+    T : float
+    budget : Budget
+
+    Returns
+    -------
+    SimulationResult
+        Batched along the first axis.
+    """
+    dtype = params[0]["w"].dtype
+    currents = jnp.asarray(currents, dtype)
+    n_trials, n_events = currents.shape[:2]
+    times = jnp.broadcast_to(jnp.asarray(times, dtype), (n_trials, n_events))
+    T = jnp.asarray(T, dtype)
+    in_trial = times < T
+    n_in_trial = jnp.maximum(jnp.sum(in_trial, axis=1), 1)
+    pre_activation_input = jnp.einsum("bec,be->bc", currents, in_trial.astype(dtype)) / n_in_trial[:, None]
+
+    kicks = _project_inputs(currents, params[0]["w"]) + params[0]["b"]
+    event_times, layers, activity = times, [], pre_activation_input
     for index, layer_params in enumerate(params):
         if index > 0:
             prev = layers[-1]
-            # Presynaptic spikes kick with w[:, source]; clock ticks kick with the bias.
-            event_times = jnp.concatenate([times, prev["spike_times"]])
-            kicks = jnp.concatenate([
-                jnp.broadcast_to(layer_params["b"], (times.shape[0], layer_params["b"].shape[0])),
-                layer_params["w"].T[prev["spike_sources"]],
-            ])
-            order = jnp.argsort(event_times)
-            event_times, kicks = event_times[order], kicks[order]
+            # Clock ticks (source -1) kick with the bias, presynaptic spikes with w[:, source].
+            event_times = jnp.concatenate([times, prev["spike_times"]], axis=1)
+            sources = jnp.concatenate([jnp.full(times.shape, -1, jnp.int32), prev["spike_sources"]], axis=1)
+            order = jnp.argsort(event_times, axis=1)
+            event_times = jnp.take_along_axis(event_times, order, axis=1)
+            sources = jnp.take_along_axis(sources, order, axis=1).T  # (events, trials): the scan's order
+            w_rows = layer_params["w"].T[jnp.maximum(sources, 0)]
+            kicks = jnp.where((sources >= 0)[..., None], w_rows, layer_params["b"])
         layer = _run_layer(neuron, event_times, kicks, T, budget, index)
         if neuron.has_pseudodynamics:
-            layer["dt_pseudo"], activity = _pseudo_activity(neuron, layer, layer_params["w"] @ activity)
+            layer["dt_pseudo"], activity = _pseudo_activity(neuron, layer, activity @ layer_params["w"].T)
         layers.append(layer)
 
     out = layers[-1]
@@ -394,9 +505,9 @@ def simulate_trial(params, times, currents, neuron, T, budget):
         spike_counts=tuple(l["counts"] for l in layers),
         spike_times=tuple(l["spike_times"] for l in layers),
         spike_sources=tuple(l["spike_sources"] for l in layers),
-        interval_overflow=jnp.any(jnp.stack([l["interval_overflow"] for l in layers])),
+        interval_overflow=jnp.any(jnp.stack([l["interval_overflow"] for l in layers]), axis=0),
         layer_overflow=tuple(l["layer_overflow"] for l in layers),
-        range_overflow=jnp.any(jnp.stack([l["range_overflow"] for l in layers])),
+        range_overflow=jnp.any(jnp.stack([l["range_overflow"] for l in layers]), axis=0),
         layer_need=tuple(l["layer_need"] for l in layers),
     )
 
@@ -422,9 +533,7 @@ def _times_axis(times):
 
 def _batched_simulation(neuron, T, budget, times_axis):
     def run(params, times, currents):
-        return jax.vmap(simulate_trial, in_axes=(None, times_axis, 0, None, None, None))(
-            params, times, currents, neuron, T, budget
-        )
+        return simulate_batch(params, times, currents, neuron, T, budget)
 
     return run
 

@@ -168,12 +168,14 @@ def _layer_scan_bwd(doublings, residuals, cotangents):
     """
     (p, q, i), end, x, s = residuals
     (g_p_out, g_q_out, g_i_out), _, g_end = cotangents
-    # State after each interval: the next interval's start, and ``end`` after the last.
-    p_after = jnp.concatenate([p[1:], end[0][None]])
-    q_after = jnp.concatenate([q[1:], end[1][None]])
 
-    def step(g, inputs):
-        p, q, i, n_p, n_q, x_k, s_k, g_p_out, g_q_out, g_i_out = inputs
+    # The state after an interval (n_p, n_q) is the next interval's start, which the
+    # reverse scan has just visited: it is carried along (starting from ``end``) rather
+    # than built as shifted copies of p and q, whose concatenation XLA transposed to the
+    # vmapped trial axis and back.
+    def step(carry, inputs):
+        g, (n_p, n_q) = carry
+        p, q, i, x_k, s_k, g_p_out, g_q_out, g_i_out = inputs
         g_np, g_nq, g_i1 = g
         (C, S), (dC, dS) = jax.jvp(lambda c: _basis_polynomial(c, s_k, doublings)[:2], (i,), (jnp.ones_like(i),))
         pc_qis = p * C + q * i * S
@@ -191,10 +193,10 @@ def _layer_scan_bwd(doublings, residuals, cotangents):
         g_i = g_vp * x_k * q * S + g_C * dC + g_S * dS + g_i1 * x_k * x_k + g_i_out
         g_x = g_vp * pc_qis + 2.0 * g_i1 * i * x_k
         g_s = g_S * C - g_C * i * S
-        return (g_p, g_q, g_i), (g_x, g_s, g_i1)
+        return ((g_p, g_q, g_i), (p, q)), (g_x, g_s, g_i1)
 
-    g_start, (g_x, g_s, g_kicks) = jax.lax.scan(
-        step, g_end, (p, q, i, p_after, q_after, x, s, g_p_out, g_q_out, g_i_out), reverse=True
+    (g_start, _), (g_x, g_s, g_kicks) = jax.lax.scan(
+        step, (g_end, end[:2]), (p, q, i, x, s, g_p_out, g_q_out, g_i_out), reverse=True
     )
     return g_start, g_x.sum(-1), g_s.sum(-1), g_kicks
 
