@@ -40,7 +40,7 @@ from bci_qif.protocols import cross_subject_splits, within_subject_splits
 # smoothed by the synapse (tau/2) into a steady drive over the 3 s trial (6 tau).
 TS_BASE = dict(encoding="tangent_space", n_components=None, rate_hz=10.0, tau=0.5, hidden_layer_sizes=(16,),
                weight_scale=2.0, bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, readout_tau=1.0,
-               gamma=0.01)
+               gamma=0.01, input_noise=0.0)
 
 VARIANTS = {
     "default": {},
@@ -73,6 +73,7 @@ VARIANTS = {
     "ts_h0_ws1_b1_noise1": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, weight_scale=1.0, bias=1.0,
                                 input_noise=1.0),
     "ts_h16_rc_noise1": dict(TS_BASE, recenter=True, input_noise=1.0),
+    "ts_h16_rc_noise2": dict(TS_BASE, recenter=True, input_noise=2.0),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",
