@@ -302,8 +302,10 @@ def _use_persistent_jax_cache():
     without an on-disk cache every worker compiles the same programs again. Set
     through the environment before JAX is imported so that worker processes
     inherit it. A user's own ``JAX_COMPILATION_CACHE_DIR`` wins; an unwritable
-    cache folder just leaves the cache off. The folder is capped at 512 MiB (JAX
-    deletes the least recently used programs beyond that).
+    cache folder just leaves the cache off. A full evaluation adds about 30 MB;
+    delete the folder to reclaim the space. (JAX's size cap,
+    ``JAX_COMPILATION_CACHE_MAX_SIZE``, is not set: its LRU bookkeeping files race
+    between parallel workers and it needs the ``filelock`` package.)
     """
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
@@ -316,7 +318,6 @@ def _use_persistent_jax_cache():
         return
     if os.access(folder, os.W_OK):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
-        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))
 
 
 def main(argv=None):

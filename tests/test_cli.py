@@ -192,11 +192,10 @@ def test_commands_share_a_persistent_jax_compilation_cache(tmp_path):
     script = ("from bci_qif import cli; cli._use_persistent_jax_cache(); import os, jax; "
               "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
               "jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready(); "
-              "print(os.environ['JAX_COMPILATION_CACHE_DIR'], os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'])")
+              "print(os.environ['JAX_COMPILATION_CACHE_DIR'])")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    folder, max_size = done.stdout.split()
-    assert Path(folder) == tmp_path / "cache" / "jax" and int(max_size) == 512 * 2**20
+    assert Path(done.stdout.strip()) == tmp_path / "cache" / "jax"
     assert any((tmp_path / "cache" / "jax").iterdir())
     # A user's own choice wins; an unwritable cache location leaves the cache off.
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
