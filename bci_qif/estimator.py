@@ -178,7 +178,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def _train_config(self):
         return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
                            learning_rate=float(self.learning_rate), grad_clip=self.grad_clip,
-                           weight_decay=float(self.weight_decay), input_noise=float(self.input_noise), patience=self.patience, gamma=float(self.gamma),
+                           weight_decay=float(self.weight_decay), input_noise=float(self.input_noise),
+                           patience=self.patience, gamma=float(self.gamma),
                            readout_tau=float(self.readout_tau), seed=int(self.random_state))
 
     def _jnp_dtype(self):

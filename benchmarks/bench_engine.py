@@ -61,16 +61,20 @@ def timed(fn, repeats):
     return float(np.median(samples)), float(np.percentile(samples, 99))
 
 
-def measure(eeg, neuron, n_hidden, n_events, batch, repeats, latency_repeats):
-    """One configuration: returns a dict of figures."""
-    neuron = get_neuron(neuron)
+def workload(eeg, n_hidden, n_events, batch):
+    """Parameters, event times, trial length, currents and labels of one configuration."""
     # No bias kick and unit weight scale: a moderate firing regime (a bias of 0.1 per
     # sample already drives QIF neurons tonically at 160 Hz).
     params = network.init(jax.random.PRNGKey(0), (64, n_hidden, 2), weight_scale=1.0, bias=0.0)
     times = (np.arange(n_events) / SFREQ * TIME_SCALE).astype(np.float32)
     T = float(n_events / SFREQ * TIME_SCALE)
-    currents = windows(eeg, n_events, batch)
-    labels = np.arange(batch) % 2
+    return params, times, T, windows(eeg, n_events, batch), np.arange(batch) % 2
+
+
+def measure(eeg, neuron, n_hidden, n_events, batch, repeats, latency_repeats):
+    """One configuration: returns a dict of figures."""
+    neuron = get_neuron(neuron)
+    params, times, T, currents, labels = workload(eeg, n_hidden, n_events, batch)
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     update = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*optimizer.update(g, s, p)))

@@ -31,6 +31,7 @@ import bench_engine  # noqa: E402  (the reference workload)
 from bci_qif import network  # noqa: E402
 
 
+
 def load_engine(tree):
     """Import ``<tree>/bci_qif`` under the name ``bci_qif_old`` and return its network module."""
     package = Path(tree) / "bci_qif"
@@ -42,15 +43,6 @@ def load_engine(tree):
     sys.modules["bci_qif_old"] = module
     spec.loader.exec_module(module)
     return importlib.import_module("bci_qif_old.network")
-
-
-def workload(data_dir, batch=64, n_hidden=128, n_events=320):
-    """Real EEG windows, 64 channels at 160 Hz, 128 hidden + 2 outputs (as bench_engine)."""
-    eeg = bench_engine.load_eeg(data_dir)
-    params = network.init(jax.random.PRNGKey(0), (64, n_hidden, 2), weight_scale=1.0, bias=0.0)
-    times = (np.arange(n_events) / bench_engine.SFREQ * bench_engine.TIME_SCALE).astype(np.float32)
-    T = float(n_events / bench_engine.SFREQ * bench_engine.TIME_SCALE)
-    return params, times, T, bench_engine.windows(eeg, n_events, batch), np.arange(batch) % 2
 
 
 def timed(fn, repeats):
@@ -72,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.environ.get("MNE_DATA", "../shared/datasets"))
     args = parser.parse_args(argv)
 
-    params, times, T, currents, labels = workload(args.data_dir)
+    eeg = bench_engine.load_eeg(args.data_dir)
+    params, times, T, currents, labels = bench_engine.workload(eeg, n_hidden=128, n_events=320, batch=64)
     engines = {"old": load_engine(args.old), "new": network}
     calls, outputs = {}, {}
     for name, net in engines.items():
@@ -82,7 +75,8 @@ def main(argv=None):
         neuron = net.get_neuron("qif")
         step = net._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, grad=True)
         forward = net._compiled("simulate", neuron, T, single, None)
-        calls[name] = (lambda f=step: f(params, times, currents, labels), lambda f=forward: f(params, times, currents[:1]))
+        calls[name] = (lambda f=step: f(params, times, currents, labels),
+                       lambda f=forward: f(params, times, currents[:1]))
         outputs[name] = out
         print(f"{name}: training budget {budget}, single-trial budget {single}")
     (loss_old, _), grads_old = outputs["old"]

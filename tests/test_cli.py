@@ -199,12 +199,14 @@ def test_commands_share_a_persistent_jax_compilation_cache(tmp_path):
     assert any((tmp_path / "cache" / "jax").iterdir())
     # A user's own choice wins; an unwritable cache location leaves the cache off.
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
-    script = "from bci_qif import cli; cli._use_persistent_jax_cache(); import os; print(os.environ['JAX_COMPILATION_CACHE_DIR'])"
+    script = ("from bci_qif import cli; cli._use_persistent_jax_cache(); import os; "
+              "print(os.environ['JAX_COMPILATION_CACHE_DIR'])")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == str(tmp_path / "mine")
     del env["JAX_COMPILATION_CACHE_DIR"]
     (tmp_path / "a_file").write_text("not a folder")
     env["BCI_QIF_CACHE"] = str(tmp_path / "a_file")
-    script = "from bci_qif import cli; cli._use_persistent_jax_cache(); import os; print(os.environ.get('JAX_COMPILATION_CACHE_DIR'))"
+    script = ("from bci_qif import cli; cli._use_persistent_jax_cache(); import os; "
+              "print(os.environ.get('JAX_COMPILATION_CACHE_DIR'))")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "None"
