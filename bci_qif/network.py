@@ -74,7 +74,7 @@ class Budget(NamedTuple):
         Spikes recorded per neuron between two consecutive input events.
     spikes_per_layer : tuple of int
         Per layer, the number of (neuron, interval) pairs with spikes recorded per
-        trial; with one spike per interval this is the layer's spike budget.
+        trial, and also the number of spikes the layer passes on (its spike budget).
     doublings : int
         Range of the QIF fast flow: exact while ``|I| s**2 <= 4**doublings``
         (``s = 1 - exp(-dt / tau)`` for the interval ``dt``).
@@ -133,7 +133,7 @@ class SimulationResult(NamedTuple):
     layer_overflow : tuple of bool, more spikes in a layer than its budget.
     range_overflow : bool, a current outside the range of the QIF fast flow.
     layer_need : tuple of int, per layer the number of (neuron, interval) pairs
-        with spikes, i.e. the layer budget this trial needs.
+        with spikes or, if larger, of spikes, i.e. the layer budget this trial needs.
     """
 
     first_spike_times: jax.Array
@@ -214,8 +214,8 @@ def _advance_layer(neuron, dts, kicks, budget):
     Interval ``k`` lasts ``dts[k]`` and ends with ``kicks[k]``. Returns the states
     and currents at every interval start, the spike/overflow flags, and the state
     and current after the last interval. Models with their own whole-layer scan
-    (:meth:`QIF.advance_layer`, hand-written backward pass) use it; the others go
-    through the generic scan of :meth:`NeuronModel.advance` below.
+    (:meth:`QIF.advance_layer`, :meth:`LIF.advance_layer`: hand-written backward passes)
+    use it; the others go through the generic scan of :meth:`NeuronModel.advance` below.
     """
     n, dtype = kicks.shape[1], kicks.dtype
 
@@ -229,8 +229,8 @@ def _advance_layer(neuron, dts, kicks, budget):
         )
         return (new_state, new_current + kick), (state, current, maybe_spiked, overflow)
 
-    if hasattr(neuron, "advance_layer"):  # a whole-layer scan with its own backward pass (QIF)
-        return neuron.advance_layer(dts, kicks, budget.doublings)
+    if hasattr(neuron, "advance_layer"):  # a whole-layer scan with its own backward pass (QIF, LIF)
+        return neuron.advance_layer(dts, kicks, budget.spikes_per_interval, budget.doublings)
     init_state = neuron.rest_state((n,), dtype)
     (state_T, current_T), (states, currents, maybe_spiked, range_overflow) = jax.lax.scan(
         jax.checkpoint(step), (init_state, jnp.zeros((n,), dtype)), (dts, kicks)
@@ -354,14 +354,24 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
         finite = jnp.isfinite(times)
         decay_at_T = jnp.where(finite, jnp.exp(-2.0 * (T - jnp.where(finite, times, T)) / neuron.tau), 0.0)
         trace_at_T = jnp.zeros((n_trials, n), dtype).at[trial, source].add(jnp.sum(decay_at_T, axis=-1))
+    sources = jnp.broadcast_to(source[..., None], times.shape).reshape(n_trials, -1)
+    times = times.reshape(n_trials, -1)
+    need = n_found
+    if per_interval > 1:
+        # Most of the per_interval slots of a pair are empty, yet the next layer scans
+        # one interval per slot: with 4 spikes per interval (LIF) its event list was 4x
+        # the spikes, most of the training step. Keep the spikes only, in their order,
+        # in as many slots as the layer has pairs; more spikes than that overflow it.
+        times, sources, n_spikes = _compact_spikes(times, sources, n_candidates)
+        need = jnp.maximum(n_found, n_spikes)
     first = None
     if layer_index == len(budget.spikes_per_layer) - 1:
         # First spike of every neuron (a masked min keeps the gradient exact).
-        mine = source[:, None, :, None] == jnp.arange(n)[None, :, None, None]
-        first = jnp.min(jnp.where(mine, times[:, None], jnp.inf), axis=(2, 3))
+        mine = sources[:, None, :] == jnp.arange(n)[None, :, None]
+        first = jnp.min(jnp.where(mine, times[:, None], jnp.inf), axis=2)
     return {
-        "spike_times": times.reshape(n_trials, -1),
-        "spike_sources": jnp.repeat(source, per_interval, axis=1),
+        "spike_times": times,
+        "spike_sources": sources,
         "counts": spike_counts,
         "trace_at_T": trace_at_T,
         "first": first,
@@ -369,9 +379,25 @@ def _run_layer(neuron, event_times, kicks, T, budget, layer_index):
         "current_T": current_T,
         "interval_overflow": jnp.any(counts > per_interval, axis=1),
         "range_overflow": jnp.any(range_overflow, axis=(0, 2)),
-        "layer_overflow": n_found > n_candidates,
-        "layer_need": n_found,
+        "layer_overflow": need > n_candidates,
+        "layer_need": need,
     }
+
+
+def _compact_spikes(times, sources, size):
+    """Move the finite spike times of every trial to the front, keeping their order.
+
+    ``times`` and ``sources`` are ``(trials, slots)``. Returns both cut to ``size``
+    slots (``inf`` padding) and the number of spikes per trial, which may exceed
+    ``size`` (the spikes beyond it are dropped: an overflow).
+    """
+    n_trials = times.shape[0]
+    finite = jnp.isfinite(times)
+    slot = jnp.where(finite, jnp.cumsum(finite, axis=1) - 1, size)  # ``size``: out of range, dropped
+    trial = jnp.arange(n_trials)[:, None]
+    compact_times = jnp.full((n_trials, size), jnp.inf, times.dtype).at[trial, slot].set(times, mode="drop")
+    compact_sources = jnp.zeros((n_trials, size), sources.dtype).at[trial, slot].set(sources, mode="drop")
+    return compact_times, compact_sources, jnp.sum(finite, axis=1, dtype=jnp.int32)
 
 
 @jax.custom_vjp

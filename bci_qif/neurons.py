@@ -328,7 +328,7 @@ class QIF(NeuronModel):
         new_state, crossing, in_range = _moebius_step(state, i, x, s, doublings)
         return new_state, i * x * x, crossing, ~in_range
 
-    def advance_layer(self, dts, kicks, doublings=3):
+    def advance_layer(self, dts, kicks, max_spikes=1, doublings=3):
         """Advance a whole layer from rest through ``len(dts)`` intervals (one ``lax.scan``).
 
         Interval ``k`` lasts ``dts[k]`` and ends with the current kicks ``kicks[k]``
@@ -560,6 +560,24 @@ class LIF(NeuronModel):
         x, _ = self.decay(dt)
         return (v + i) * x - i * x * x, i * x * x
 
+    def _next_spike(self, v, i, log_x_start, log_x_end):
+        """The next crossing before ``log_x_end``, and the reset it causes.
+
+        ``v, i`` are the voltage and current at the last reset (or the interval start),
+        ``log_x_start`` its ``log x``. Returns the updated ``(v, i, log_x_start)`` (unchanged
+        where no spike) and ``spiked``. Once a neuron does not spike, calling this again
+        changes nothing: a loop over it may stop early.
+        """
+        x_c, log_x_c, fires = self._crossing(v, i)
+        log_x_abs = log_x_start + _safe(fires, log_x_c, 0.0)
+        spiked = fires & (log_x_abs > log_x_end)
+        x_c_safe = _safe(spiked, x_c, 1.0)
+        # Restart from the reset V = 0 with the current at the spike time.
+        i = jnp.where(spiked, i * x_c_safe * x_c_safe, i)
+        v = jnp.where(spiked, jnp.zeros_like(v), v)
+        log_x_start = jnp.where(spiked, log_x_abs, log_x_start)
+        return (v, i, log_x_start), spiked
+
     def _interval(self, v, i, dt, max_spikes):
         """Crossings, resets and end voltage over an event-free interval.
 
@@ -571,15 +589,8 @@ class LIF(NeuronModel):
         crossings = []
         log_x_start = jnp.zeros_like(v)  # log x at the last reset (or the interval start)
         for _ in range(max_spikes):
-            x_c, log_x_c, fires = self._crossing(v, i)
-            log_x_abs = log_x_start + _safe(fires, log_x_c, 0.0)
-            spiked = fires & (log_x_abs > log_x_end)
-            crossings.append(jnp.where(spiked, log_x_abs, -jnp.inf))
-            x_c_safe = _safe(spiked, x_c, 1.0)
-            # Restart from the reset V = 0 with the current at the spike time.
-            i = jnp.where(spiked, i * x_c_safe * x_c_safe, i)
-            v = jnp.where(spiked, jnp.zeros_like(v), v)
-            log_x_start = jnp.where(spiked, log_x_abs, log_x_start)
+            (v, i, log_x_start), spiked = self._next_spike(v, i, log_x_start, log_x_end)
+            crossings.append(jnp.where(spiked, log_x_start, -jnp.inf))
         _, log_x_c, fires = self._crossing(v, i)
         overflow = fires & (log_x_start + _safe(fires, log_x_c, 0.0) > log_x_end)
         x_rest = jnp.exp(log_x_end - log_x_start)
@@ -598,6 +609,18 @@ class LIF(NeuronModel):
         x_end, _ = self.decay(dt)
         spiked = crossings[..., 0] > -jnp.inf
         return (v_end,), i * x_end * x_end, spiked.astype(jnp.int8), jnp.zeros(jnp.shape(v), bool)
+
+    def advance_layer(self, dts, kicks, max_spikes=1, doublings=None):
+        """Advance a whole layer from rest through ``len(dts)`` intervals (one ``lax.scan``).
+
+        Same contract and results as :meth:`QIF.advance_layer` (``range_overflow`` is
+        always False), computed as :meth:`advance` interval by interval, but faster: the
+        resets of an interval are followed only while a neuron still spikes (most
+        intervals hold no second spike), and the backward pass is written by hand
+        (:func:`_lif_layer_scan`) instead of replaying every step under autodiff.
+        """
+        v, i, spiked, v_T, i_T = _lif_layer_scan(self, max_spikes, jnp.asarray(dts, kicks.dtype), kicks)
+        return (v,), i, spiked, jnp.zeros(spiked.shape, bool), (v_T,), i_T
 
     def spikes_in_interval(self, state, i, dt, max_spikes, odd=None):
         """Spike-time offsets inside an interval (see :meth:`QIF.spikes_in_interval`).
@@ -618,6 +641,112 @@ class LIF(NeuronModel):
 
     def pseudo_drive(self, preactivation):
         raise TypeError("LIF neurons have no pseudodynamics")
+
+
+def _lif_step(neuron, v, i, dt, max_spikes, tangents=None):
+    r"""One LIF interval: end voltage, first-iteration spike flag and ``(A, dA/dv, dA/di)``.
+
+    The resets run in a ``while_loop`` that stops as soon as no neuron of the layer
+    spikes again (:meth:`LIF._next_spike` is then a no-op), so the values are those of
+    :meth:`LIF.advance` with ``max_spikes`` iterations. With ``tangents=True`` the loop
+    also carries the forward-mode derivatives of ``log x`` at the last reset in ``v``
+    and ``i``, for the backward pass: the end voltage is
+    :math:`V_T = A x_T - I x_T^2` with :math:`A = V + I` (no spike) or
+    :math:`A = I x_L` (:math:`x_L`: ``x`` at the last reset; ``I`` the current at the
+    interval start), so ``A`` and its two derivatives are all the step's VJP needs.
+    """
+    log_x_end = -dt / neuron.tau
+
+    def reset(carry):
+        return neuron._next_spike(*carry, log_x_end)
+
+    def body(loop):
+        k, carry, d_carry, _ = loop
+        if tangents:
+            # Two tangent directions (d/dv, d/di) along a leading axis.
+            carry_1, d_carry, spiked = jax.vmap(
+                lambda t: jax.jvp(reset, (carry,), (t,), has_aux=True), out_axes=(None, 0, None)
+            )(d_carry)
+        else:
+            carry_1, spiked = reset(carry)
+        return k + 1, carry_1, d_carry, spiked
+
+    zero = jnp.zeros_like(v)
+    carry = (v, i, zero)
+    d_carry = (jnp.stack([jnp.ones_like(v), zero]), jnp.stack([zero, jnp.ones_like(i)]), jnp.stack([zero, zero]))
+    d_carry = d_carry if tangents else None
+    first = body((0, carry, d_carry, None))
+    _, (v_r, i_r, log_x_start), d_carry, _ = jax.lax.while_loop(
+        lambda loop: (loop[0] < max_spikes) & jnp.any(loop[3]), body, first
+    )
+    spiked = first[3]
+    # As in LIF._interval: flow from the last reset to the interval end.
+    x_rest = jnp.exp(log_x_end - log_x_start)
+    v_end = (v_r + i_r) * x_rest - i_r * x_rest * x_rest
+    if not tangents:
+        return v_end, spiked, None
+    x_last = jnp.exp(log_x_start)
+    d_log_x = d_carry[2]
+    a = jnp.where(spiked, i * x_last, v + i)
+    a_v = jnp.where(spiked, i * x_last * d_log_x[0], 1.0)
+    a_i = jnp.where(spiked, x_last + i * x_last * d_log_x[1], 1.0)
+    return v_end, spiked, (a, a_v, a_i)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _lif_layer_scan(neuron, max_spikes, dts, kicks):
+    """Scan of :func:`_lif_step` over the intervals of a layer from rest, with a hand-written VJP.
+
+    ``dts`` is ``(n_intervals,)``, ``kicks`` ``(n_intervals, n)`` (added after each
+    interval). Returns ``v`` and ``I`` at every interval start, the int8 spike flags of
+    every interval, and ``v``, ``I`` after the last interval.
+    """
+    return _lif_layer_scan_forward(neuron, max_spikes, dts, kicks, False)[0]
+
+
+def _lif_layer_scan_forward(neuron, max_spikes, dts, kicks, tangents):
+    def step(carry, inputs):
+        v, i = carry
+        dt, kick = inputs
+        v_end, spiked, slopes = _lif_step(neuron, v, i, dt, max_spikes, tangents)
+        x_end, _ = neuron.decay(dt)
+        return (v_end, i * x_end * x_end + kick), (v, i, spiked.astype(jnp.int8), slopes)
+
+    zero = jnp.zeros(kicks.shape[1:], kicks.dtype)
+    (v_T, i_T), (v, i, spiked, slopes) = jax.lax.scan(step, (zero, zero), (dts, kicks))
+    return (v, i, spiked, v_T, i_T), slopes
+
+
+def _lif_layer_scan_fwd(neuron, max_spikes, dts, kicks):
+    outputs, slopes = _lif_layer_scan_forward(neuron, max_spikes, dts, kicks, True)
+    return outputs, (outputs[1], dts, slopes)
+
+
+def _lif_layer_scan_bwd(neuron, max_spikes, residuals, cotangents):
+    r"""Reverse scan of the step's transposed Jacobian.
+
+    One step maps ``(V, I)`` to ``(A x - I x^2, I x^2 + kick)`` with ``x = exp(-dt / tau)``
+    and ``A(V, I)`` from :func:`_lif_step` (its derivatives are exact: forward mode
+    through the same resets; the spike decisions are piecewise constant).
+    """
+    i, dts, (a, a_v, a_i) = residuals
+    g_v_out, g_i_out, _, g_v_T, g_i_T = cotangents
+
+    def step(g, inputs):
+        g_v1, g_i1 = g
+        i, dt, a, a_v, a_i, g_v_out, g_i_out = inputs
+        x, _ = neuron.decay(dt)
+        g_a = g_v1 * x
+        g_v = g_a * a_v + g_v_out
+        g_i = g_a * a_i + (g_i1 - g_v1) * x * x + g_i_out
+        g_x = g_v1 * (a - 2.0 * i * x) + 2.0 * g_i1 * i * x
+        return (g_v, g_i), (-g_x * x / neuron.tau, g_i1)
+
+    _, (g_dts, g_kicks) = jax.lax.scan(step, (g_v_T, g_i_T), (i, dts, a, a_v, a_i, g_v_out, g_i_out), reverse=True)
+    return g_dts.sum(-1), g_kicks
+
+
+_lif_layer_scan.defvjp(_lif_layer_scan_fwd, _lif_layer_scan_bwd)
 
 
 _MODELS = {"qif": QIF, "lif": LIF}

@@ -5,7 +5,7 @@ this loads both engines into one process and times them in alternation, so
 both see the same load. The other version is a source tree exported from git::
 
     git archive <rev> bci_qif | tar -x -C /tmp/engine_old
-    python benchmarks/engine_ab.py --old /tmp/engine_old --rounds 6
+    python benchmarks/engine_ab.py --old /tmp/engine_old --rounds 6 [--neuron lif] [--hidden 128]
 
 It prints the median training-step time (forward + exact gradient, batch 64),
 single-trial forward time, their ratios, and checks that both engines give the
@@ -57,33 +57,53 @@ def timed(fn, repeats):
     return np.median(wall) * 1e3, np.median(cpu) * 1e3
 
 
+def compare_outputs(args, outputs, label):
+    """Print the losses, the output spikes and the largest gradient difference of both engines."""
+    (loss_old, result), grads_old = outputs["old"]
+    (loss_new, _), grads_new = outputs["new"]
+    leaves = list(zip(jax.tree_util.tree_leaves(grads_old), jax.tree_util.tree_leaves(grads_new)))
+    scale = max(float(jnp.max(jnp.abs(a))) for a, _ in leaves)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in leaves) / max(scale, np.finfo(np.float32).tiny)
+    print(f"{args.neuron}, {args.hidden} hidden, {label}: loss old {float(loss_old):.6f} new {float(loss_new):.6f}; "
+          f"output spikes/trial {float(np.asarray(result.spike_counts[-1]).sum(-1).mean()):.2f}; "
+          f"largest gradient {scale:.3e}, max gradient difference / largest {diff:.2e}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, type=Path, help="exported source tree of the other version")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--neuron", choices=["qif", "lif"], default="qif")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--output-bias", type=float, default=0.0,
+                        help="also compare gradients with this output-layer bias (LIF outputs that fire)")
     parser.add_argument("--data-dir", default=os.environ.get("MNE_DATA", "../shared/datasets"))
     args = parser.parse_args(argv)
 
     eeg = bench_engine.load_eeg(args.data_dir)
-    params, times, T, currents, labels = bench_engine.workload(eeg, n_hidden=128, n_events=320, batch=64)
+    params, times, T, currents, labels = bench_engine.workload(eeg, n_hidden=args.hidden, n_events=320, batch=64)
     engines = {"old": load_engine(args.old), "new": network}
     calls, outputs = {}, {}
     for name, net in engines.items():
         # Let each engine size its own budgets once, then time the compiled functions.
-        out, budget = net.batch_loss(params, times, currents, labels, "qif", T=T, grad=True)
-        _, single = net.simulate(params, times, currents[:1], "qif", T=T)
-        neuron = net.get_neuron("qif")
+        out, budget = net.batch_loss(params, times, currents, labels, args.neuron, T=T, grad=True)
+        _, single = net.simulate(params, times, currents[:1], args.neuron, T=T)
+        neuron = net.get_neuron(args.neuron)
         step = net._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, grad=True)
         forward = net._compiled("simulate", neuron, T, single, None)
         calls[name] = (lambda f=step: f(params, times, currents, labels),
                        lambda f=forward: f(params, times, currents[:1]))
         outputs[name] = out
         print(f"{name}: training budget {budget}, single-trial budget {single}")
-    (loss_old, _), grads_old = outputs["old"]
-    (loss_new, _), grads_new = outputs["new"]
-    diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
-               for a, b in zip(jax.tree_util.tree_leaves(grads_old), jax.tree_util.tree_leaves(grads_new)))
-    print(f"loss old {float(loss_old):.6f} new {float(loss_new):.6f}; max relative gradient difference {diff:.2e}")
+    compare_outputs(args, outputs, "reference workload")
+    if args.output_bias:
+        # Silent LIF outputs read out at T without gradient, so on the reference workload
+        # every LIF gradient is zero; a bias kick on the output layer makes them fire.
+        biased = [dict(p) for p in params]
+        biased[-1]["b"] = jnp.full_like(params[-1]["b"], args.output_bias)
+        outputs = {name: net.batch_loss(biased, times, currents, labels, args.neuron, T=T, grad=True)[0]
+                   for name, net in engines.items()}
+        compare_outputs(args, outputs, f"output bias {args.output_bias}")
 
     steps = {name: [] for name in engines}
     forwards = {name: [] for name in engines}
