@@ -1017,9 +1017,14 @@ def plot_slices_2d(measured, path):
     axes = fig.subplots(1, len(measured), squeeze=False)[0]
     for ax, (model, m) in zip(axes, measured.items()):
         a = m["axis_2d"]
-        image = ax.imshow(m["grid"], origin="lower", extent=(a[0], a[-1], a[0], a[-1]), aspect="auto",
-                          cmap="viridis", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="loss")
+        grid = np.asarray(m["grid"], dtype=float)
+        finite = grid[np.isfinite(grid)]
+        # A pseudospike loss can grow a hundredfold towards one corner; on a linear
+        # scale that corner would leave the rest of the map in one colour.
+        log_scale = finite.size > 0 and finite.min() > 0 and finite.max() > 10 * finite.min()
+        image = ax.imshow(grid, origin="lower", extent=(a[0], a[-1], a[0], a[-1]), aspect="auto",
+                          cmap="viridis", interpolation="nearest", norm="log" if log_scale else None)
+        fig.colorbar(image, ax=ax, label="loss (log scale)" if log_scale else "loss")
         ax.set_title(f"{model.upper()}: {100 * m['fragmentation_2d']['jump_edge_share']:.0f} % of edges jump")
         ax.set_xlabel("alpha (direction 1)")
         ax.set_ylabel("beta (direction 2)")
