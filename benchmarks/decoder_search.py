@@ -74,6 +74,8 @@ VARIANTS = {
                                 input_noise=1.0),
     "ts_h16_rc_noise1": dict(TS_BASE, recenter=True, input_noise=1.0),
     "ts_h16_rc_noise2": dict(TS_BASE, recenter=True, input_noise=2.0),
+    "ts_h16_rc_noise3": dict(TS_BASE, recenter=True, input_noise=3.0),
+    "ts_h16_rc_noise4": dict(TS_BASE, recenter=True, input_noise=4.0),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",
