@@ -209,13 +209,23 @@ def default_budget(params):
 # One layer
 # ---------------------------------------------------------------------------------
 def _advance_layer(neuron, dts, kicks, budget):
-    """Advance a layer interval by interval with ``lax.scan`` (any neuron model).
+    """Advance a layer interval by interval (any neuron model).
 
     Interval ``k`` lasts ``dts[k]`` and ends with ``kicks[k]``. Returns the states
     and currents at every interval start, the spike/overflow flags, and the state
     and current after the last interval. Models with their own whole-layer scan
     (:meth:`QIF.advance_layer`, :meth:`LIF.advance_layer`: hand-written backward passes)
-    use it; the others go through the generic scan of :meth:`NeuronModel.advance` below.
+    use it; the others go through :func:`_generic_layer_scan`.
+    """
+    if hasattr(neuron, "advance_layer"):
+        return neuron.advance_layer(dts, kicks, budget.spikes_per_interval, budget.doublings)
+    return _generic_layer_scan(neuron, dts, kicks, budget)
+
+
+def _generic_layer_scan(neuron, dts, kicks, budget):
+    """:func:`_advance_layer` as a ``lax.scan`` of :meth:`NeuronModel.advance`, differentiated by autodiff.
+
+    The reference the whole-layer scans of the built-in models are tested against.
     """
     n, dtype = kicks.shape[1], kicks.dtype
 
@@ -229,8 +239,6 @@ def _advance_layer(neuron, dts, kicks, budget):
         )
         return (new_state, new_current + kick), (state, current, maybe_spiked, overflow)
 
-    if hasattr(neuron, "advance_layer"):  # a whole-layer scan with its own backward pass (QIF, LIF)
-        return neuron.advance_layer(dts, kicks, budget.spikes_per_interval, budget.doublings)
     init_state = neuron.rest_state((n,), dtype)
     (state_T, current_T), (states, currents, maybe_spiked, range_overflow) = jax.lax.scan(
         jax.checkpoint(step), (init_state, jnp.zeros((n,), dtype)), (dts, kicks)

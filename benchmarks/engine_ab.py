@@ -31,7 +31,6 @@ import bench_engine  # noqa: E402  (the reference workload)
 from bci_qif import network  # noqa: E402
 
 
-
 def load_engine(tree):
     """Import ``<tree>/bci_qif`` under the name ``bci_qif_old`` and return its network module."""
     package = Path(tree) / "bci_qif"
