@@ -26,6 +26,7 @@ import pandas as pd
 
 from .config import PIPELINE_NAMES, load_config
 from .errors import BCIQIFError, ConfigError
+from .protocols import PROTOCOLS
 
 logger = logging.getLogger("bci_qif")
 
@@ -246,9 +247,10 @@ def build_parser():
 
     ev = sub.add_parser("evaluate", help="evaluate decoders against classical baselines")
     data_args(ev)
-    ev.add_argument("--protocol", choices=["within-subject", "cross-subject"])
+    ev.add_argument("--protocol", choices=list(PROTOCOLS),
+                    help="within-subject-pooled: within-subject test folds, other subjects' trials added to training")
     ev.add_argument("--pipelines", help=f"comma-separated, from {','.join(PIPELINE_NAMES)}")
-    ev.add_argument("--n-splits", type=int, help="folds per subject (within-subject)")
+    ev.add_argument("--n-splits", type=int, help="folds per subject (the within-subject protocols)")
     ev.add_argument("--n-jobs", type=int, default=1, help="folds fitted in parallel")
     ev.add_argument("--out", type=Path, help="output folder (default: results/<config>_<protocol>)")
     ev.set_defaults(func=cmd_evaluate)

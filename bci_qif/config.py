@@ -23,6 +23,7 @@ import yaml
 
 from .errors import ConfigError
 from .preprocessing import PreprocessingConfig
+from .protocols import PROTOCOLS
 
 __all__ = ["load_config", "validate_config", "DEFAULTS", "PIPELINE_NAMES"]
 
@@ -151,8 +152,8 @@ def validate_config(config):
     _check_values("training", full["training"])
     _check_keys("evaluation", full["evaluation"], DEFAULTS["evaluation"])
     evaluation = full["evaluation"]
-    if evaluation["protocol"] not in ("within-subject", "cross-subject"):
-        raise ConfigError(f"evaluation.protocol must be 'within-subject' or 'cross-subject', got {evaluation['protocol']!r}")
+    if evaluation["protocol"] not in PROTOCOLS:
+        raise ConfigError(f"evaluation.protocol must be one of {list(PROTOCOLS)}, got {evaluation['protocol']!r}")
     if not (isinstance(evaluation["pipelines"], list) and evaluation["pipelines"]):
         raise ConfigError(f"evaluation.pipelines must be a non-empty list, got {evaluation['pipelines']!r}")
     bad = sorted(set(map(str, evaluation["pipelines"])) - set(PIPELINE_NAMES))

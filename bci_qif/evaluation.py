@@ -32,14 +32,12 @@ from tqdm.auto import tqdm
 from .baselines import consumes_groups
 from .errors import EventBudgetError
 from .metrics import classification_metrics
-from .protocols import cross_subject_splits, within_subject_splits
+from .protocols import PROTOCOLS, cross_subject_splits, within_subject_splits
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PROTOCOLS", "RESULT_COLUMNS", "EvalData", "evaluate"]
 
-#: Accepted values of ``evaluate(protocol=...)``.
-PROTOCOLS = ("within-subject", "cross-subject")
 
 _SCORE_KEYS = (
     "accuracy",
@@ -357,13 +355,16 @@ def _fit_and_score(
 
 
 def _splits(data: EvalData, protocol, n_splits, n_calibration, seed) -> list:
-    if protocol == "within-subject":
+    if protocol in ("within-subject", "within-subject-pooled"):
         if n_calibration:
             raise ValueError(
                 "n_calibration only applies to protocol='cross-subject', got "
-                f"n_calibration={n_calibration!r} with protocol='within-subject'."
+                f"n_calibration={n_calibration!r} with protocol={protocol!r}."
             )
-        return list(within_subject_splits(data.subjects, data.y, n_splits, seed))
+        pooled = protocol == "within-subject-pooled"
+        if pooled and np.unique(data.subjects).size < 2:
+            raise ValueError("protocol='within-subject-pooled' needs trials of at least two subjects.")
+        return list(within_subject_splits(data.subjects, data.y, n_splits, seed, pool_other_subjects=pooled))
     if protocol == "cross-subject":
         return list(cross_subject_splits(data.subjects, data.y, n_calibration, seed))
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
@@ -392,10 +393,11 @@ def evaluate(
         shape (n_trials, n_channels, n_times) (e.g.
         ``functools.partial(make_baseline, "ts_lr")``). An unfitted estimator instance
         is accepted too and cloned for every fold.
-    protocol : "within-subject" | "cross-subject"
-        Stratified k-fold inside each subject, or leave-one-subject-out.
+    protocol : "within-subject" | "within-subject-pooled" | "cross-subject"
+        Stratified k-fold inside each subject; the same test folds with every trial
+        of the other subjects added to each training fold; or leave-one-subject-out.
     n_splits : int
-        Folds per subject for ``"within-subject"``.
+        Folds per subject for the two within-subject protocols.
     n_calibration : int
         For ``"cross-subject"``: labelled trials per class of the test subject moved
         into training.

@@ -1,11 +1,14 @@
-"""Train/test split generators for the two evaluation protocols.
+"""Train/test split generators for the evaluation protocols.
 
-Both generators yield ``(subject, fold, train_idx, test_idx)`` with indices into the
+The generators yield ``(subject, fold, train_idx, test_idx)`` with indices into the
 full trial arrays, so that every pipeline of an evaluation can be given exactly the
 same folds.
 
 - Within-subject: stratified k-fold inside each subject; training and test trials
   always come from the same subject.
+- Within-subject, pooled: the same test folds, but every training fold also holds all
+  trials of the other subjects (a new user's decoder trained on a database of earlier
+  users plus the user's own calibration trials).
 - Cross-subject: leave-one-subject-out; the test subject's trials are never used for
   training, except ``n_calibration`` labelled trials per class that can be moved into
   the training set to mimic a short calibration session.
@@ -19,7 +22,10 @@ from collections.abc import Iterator
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-__all__ = ["cross_subject_splits", "within_subject_splits"]
+__all__ = ["PROTOCOLS", "cross_subject_splits", "within_subject_splits"]
+
+#: Names of the evaluation protocols (``bci_qif.evaluation.evaluate(protocol=...)``).
+PROTOCOLS = ("within-subject", "within-subject-pooled", "cross-subject")
 
 Split = tuple[object, int, np.ndarray, np.ndarray]
 
@@ -43,7 +49,7 @@ def _validate(subjects, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def within_subject_splits(
-    subjects, labels, n_splits: int = 5, seed: int = 42
+    subjects, labels, n_splits: int = 5, seed: int = 42, pool_other_subjects: bool = False
 ) -> Iterator[Split]:
     """Stratified k-fold cross-validation inside each subject.
 
@@ -57,6 +63,10 @@ def within_subject_splits(
         Number of folds per subject (at least 2).
     seed : int
         Seed of the fold shuffling; the same seed gives the same folds.
+    pool_other_subjects : bool
+        Add every trial of the other subjects to each training fold. The test folds
+        do not change (the same seed gives the same test trials either way), and no
+        trial of the subject's test fold is ever in its training fold.
 
     Yields
     ------
@@ -65,7 +75,8 @@ def within_subject_splits(
     fold : int
         Fold number, 0 to ``n_splits - 1``.
     train_idx, test_idx : ndarray of int
-        Indices into the trial arrays; both belong to ``subject`` only.
+        Indices into the trial arrays. ``test_idx`` belongs to ``subject`` only, and
+        so does ``train_idx`` unless ``pool_other_subjects`` (then it is sorted).
 
     Raises
     ------
@@ -85,8 +96,9 @@ def within_subject_splits(
                 f"{classes[counts.argmin()]!r} of subject {subject!r}."
             )
         cv = StratifiedKFold(n_splits=int(n_splits), shuffle=True, random_state=seed)
+        others = np.flatnonzero(subjects != subject) if pool_other_subjects else idx[:0]
         for fold, (train, test) in enumerate(cv.split(idx, labels[idx])):
-            yield subject, fold, idx[train], idx[test]
+            yield subject, fold, np.sort(np.concatenate([idx[train], others])), idx[test]
 
 
 def cross_subject_splits(

@@ -79,16 +79,60 @@ VARIANTS = {
     "ts_h0_ws1_b1_rc_noise2": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, weight_scale=1.0, bias=1.0,
                                    recenter=True, input_noise=2.0),
     "ts_h16_rc_noise3": dict(TS_BASE, recenter=True, input_noise=3.0),
+    # Soft vote of networks that differ only in their seed (initial weights, batches, noise).
+    "ts_h16_rc_noise2_ens3": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=3),
+    "ts_h16_rc_noise2_ens5": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=5),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",
 }
 
 
+class SeedEnsemble:
+    """Networks differing only in ``random_state``, combined by soft voting.
+
+    A screen, not a product feature: the class is the argmax of the members' mean
+    ``softmax(-t / readout_tau)``; the spiking decision (acc_ord) is the majority of
+    the members' earliest ordinary output spikes, none when under half the members
+    fired one inside the trial.
+    """
+
+    def __init__(self, n_members, **options):
+        self.members = [QIFClassifier(**dict(options, random_state=seed)) for seed in range(n_members)]
+
+    def fit(self, X, y, groups=None):
+        for member in self.members:
+            member.fit(X, y, groups=groups)
+        self.classes_ = self.members[0].classes_
+        return self
+
+    def _votes(self, X, groups):
+        proba = np.mean([m.predict_proba(X, groups=groups) for m in self.members], axis=0)
+        votes = []
+        for member in self.members:
+            metrics = member._simulate(X, groups)
+            t = np.where(metrics["ordinary"], metrics["first_spike_times"], np.inf)
+            votes.append(np.where(np.isfinite(t).any(axis=1), np.argmin(t, axis=1), -1))
+        return proba.argmax(axis=1), np.asarray(votes)
+
+    def predict(self, X, groups=None):
+        return self.classes_[self._votes(X, groups)[0]]
+
+    def spiking_metrics(self, X, y, groups=None):
+        predicted, votes = self._votes(X, groups)
+        counts = np.stack([(votes == k).sum(axis=0) for k in range(len(self.classes_))], axis=1)
+        decided = counts.max(axis=1) * 2 > len(self.members)
+        predicted_ord = np.where(decided, counts.argmax(axis=1), -1)
+        return {"acc_ord": float(np.mean(predicted_ord == np.searchsorted(self.classes_, y)))}
+
+
 def make_model(name, sfreq):
     spec = VARIANTS[name]
     if spec == "baseline":
         return make_baseline(name, sfreq=sfreq)
+    if "n_members" in spec:
+        options = dict(spec, sfreq=sfreq)
+        return SeedEnsemble(options.pop("n_members"), **options)
     return QIFClassifier(**dict(spec, sfreq=sfreq))
 
 
@@ -96,7 +140,7 @@ def _score(model, X, y, groups, routed):
     """acc and acc_ord of a fitted model (acc_ord = acc for non-spiking baselines)."""
     import sklearn
 
-    if isinstance(model, QIFClassifier):
+    if isinstance(model, (QIFClassifier, SeedEnsemble)):
         y_pred = model.predict(X, groups=groups)
         acc_ord = model.spiking_metrics(X, y, groups=groups)["acc_ord"]
     else:
@@ -109,7 +153,7 @@ def _score(model, X, y, groups, routed):
 def _fit(model, X, y, groups, routed):
     import sklearn
 
-    if isinstance(model, QIFClassifier):
+    if isinstance(model, (QIFClassifier, SeedEnsemble)):
         return model.fit(X, y, groups=groups)
     with sklearn.config_context(enable_metadata_routing=True):
         return model.fit(X, y, **({"groups": groups} if routed else {}))

@@ -120,6 +120,8 @@ def test_valid_optional_values_are_accepted():
                               "dataset": {"subjects": [1, 109]},
                               "evaluation": {"protocol": "cross-subject", "pipelines": list(PIPELINE_NAMES)}})
     assert config["model"]["hidden_layer_sizes"] == (32, 16)
+    pooled = validate_config({"evaluation": {"protocol": "within-subject-pooled"}})
+    assert pooled["evaluation"]["protocol"] == "within-subject-pooled"
 
 
 # --- files ------------------------------------------------------------------------------------------

@@ -112,6 +112,26 @@ def test_cross_subject_on_real_eeg(eeg, loso):
         assert row["n_train"] == len(eeg.y) - per_subject[row["subject"]]
 
 
+def test_pooled_within_subject_on_real_eeg(eeg, within):
+    names = ["ts_lr", "ts_lr_recentered"]
+    pooled = evaluate(eeg, {n: functools.partial(make_baseline, n) for n in names},
+                      protocol="within-subject-pooled", n_splits=N_SPLITS, progress=False)
+    assert (pooled["protocol"] == "within-subject-pooled").all()
+    plain = within[within.pipeline.isin(names)].reset_index(drop=True)
+    # the same test folds as within-subject; training adds the other subject's trials
+    columns = ["pipeline", "subject", "fold", "split_id", "n_test"]
+    pd.testing.assert_frame_equal(pooled[columns], plain[columns])
+    per_subject = pd.Series(eeg.subjects).value_counts()
+    np.testing.assert_array_equal(pooled["n_train"],
+                                  plain["n_train"] + len(eeg.y) - pooled["subject"].map(per_subject))
+    assert pooled["accuracy"].between(0, 1).all()
+    with pytest.raises(ValueError, match="at least two subjects"):
+        one = EvalData(X=eeg.X[eeg.subjects == 1], y=eeg.y[eeg.subjects == 1],
+                       subjects=eeg.subjects[eeg.subjects == 1], sfreq=eeg.sfreq)
+        evaluate(one, {"ts_lr": functools.partial(make_baseline, "ts_lr")},
+                 protocol="within-subject-pooled", progress=False)
+
+
 def test_parallel_and_sequential_runs_agree(eeg, loso):
     names = ["csp_lda", "ts_lr_recentered"]
     parallel = evaluate(eeg, {n: functools.partial(make_baseline, n) for n in names},
@@ -313,6 +333,7 @@ def test_eval_data_from_trialset_like_object():
         ({"pipelines": {}}, "pipelines"),
         ({"pipelines": {"x": 3}}, r"pipelines\['x'\]"),
         ({"n_calibration": 2}, "n_calibration"),
+        ({"n_calibration": 2, "protocol": "within-subject-pooled"}, "n_calibration"),
         ({"n_splits": 1}, "n_splits"),
     ],
 )

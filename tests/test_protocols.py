@@ -51,6 +51,22 @@ def test_within_subject_is_reproducible_and_seeded():
     assert tests_of(42) != tests_of(7)
 
 
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_pooled_within_subject_adds_every_other_subject_to_training(string_ids):
+    subjects, labels = _design(string_ids=string_ids)
+    plain = list(within_subject_splits(subjects, labels, n_splits=5, seed=42))
+    pooled = list(within_subject_splits(subjects, labels, n_splits=5, seed=42, pool_other_subjects=True))
+    assert len(pooled) == len(plain)
+    for (subject, fold, own_train, test), (p_subject, p_fold, train, p_test) in zip(plain, pooled):
+        assert (p_subject, p_fold) == (subject, fold)
+        np.testing.assert_array_equal(p_test, test)  # the same test folds as within-subject
+        assert np.intersect1d(train, test).size == 0
+        assert np.all(np.diff(train) > 0)
+        # training = the subject's own training fold + every trial of the other subjects
+        expected = np.union1d(own_train, np.flatnonzero(subjects != subject))
+        np.testing.assert_array_equal(train, expected)
+
+
 @pytest.mark.parametrize("n_splits", [1, 0, 2.5, 11])
 def test_within_subject_rejects_bad_n_splits(n_splits):
     subjects, labels = _design(per_class=(10, 10))

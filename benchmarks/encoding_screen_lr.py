@@ -1,0 +1,172 @@
+"""Screen input encodings with a fast linear readout before spending spiking-network time on them.
+
+Each encoding turns a trial into tangent-space features; logistic regression then
+stands in for the spiking decoder. Scores use the nested within-subject protocol of
+``decoder_search.py`` (same outer folds as ``app.py evaluate``, seed 42; one
+stratified 75/25 inner split of every outer training fold): the *inner* score is the
+one to choose on, the *outer* one is recorded only. Everything (tangent-space
+reference, scaler, classifier, re-centring means) is fitted on the trials of the
+training side of each split.
+
+Encodings (``--encodings``, comma-separated):
+
+* ``all``: OAS covariance of the 64 channels, tangent space, LR (= the ``ts_lr`` baseline);
+* ``all_std``: the same, features standardized on the training side;
+* ``motor`` / ``motor_std``: only the 21 sensorimotor channels (FC, C and CP rows);
+* ``fb`` / ``fb_motor``: filter bank of five sub-bands of 8-30 Hz, tangent vectors concatenated;
+* ``crops`` / ``crops_motor``: training trials augmented with five 2 s crops (0.5 s apart);
+* ``pool`` / ``pool_motor``: the other subjects' trials added to training (each subject
+  re-centred by its own Riemannian mean; the test subject by its training trials' mean).
+
+Run::
+
+    python benchmarks/encoding_screen_lr.py --encodings all,motor,fb,crops,pool --n-jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from joblib import Parallel, delayed
+from pyriemann.estimation import Covariances
+from pyriemann.geometry.base import invsqrtm
+from pyriemann.geometry.mean import mean_riemann
+from pyriemann.geometry.tangentspace import tangent_space
+from pyriemann.tangentspace import TangentSpace
+from scipy.signal import butter, sosfiltfilt
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.preprocessing import StandardScaler
+
+from bci_qif.config import load_config
+from bci_qif.datasets import available_subjects, load_eegbci
+from bci_qif.protocols import within_subject_splits
+
+MOTOR_CHANNELS = ["FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "C5", "C3", "C1", "Cz", "C2", "C4", "C6",
+                  "CP5", "CP3", "CP1", "CPz", "CP2", "CP4", "CP6"]
+SUB_BANDS = [(8, 12), (12, 16), (16, 20), (20, 24), (24, 30)]
+CROP_STARTS_S = (0.0, 0.25, 0.5, 0.75, 1.0)
+CROP_LENGTH_S = 2.0
+
+
+def _covariances(X):
+    return Covariances(estimator="oas").transform(X)
+
+
+def _recentred(covs, mean):
+    w = invsqrtm(mean)
+    aligned = w @ covs @ w
+    return 0.5 * (aligned + np.swapaxes(aligned, 1, 2))
+
+
+def _needed_sets(name):
+    """Covariance sets an encoding reads: ``full``, ``fb`` or ``crops``, with ``_motor``."""
+    suffix = "_motor" if "motor" in name else ""
+    if name.startswith("fb"):
+        return {"fb" + suffix}
+    if name.startswith("crops"):
+        return {"crops" + suffix, "full" + suffix}  # crops use the full trials' reference point
+    return {"full" + suffix}
+
+
+class Encodings:
+    """Covariance sets of every trial, computed once and shared by all splits."""
+
+    def __init__(self, X, sfreq, ch_names, names):
+        motor = [ch_names.index(ch) for ch in MOTOR_CHANNELS]
+        crop = int(round(CROP_LENGTH_S * sfreq))
+        self.sets = {}
+        for key in sorted(set().union(*map(_needed_sets, names))):
+            Xc = X[:, motor] if key.endswith("_motor") else X
+            if key.startswith("full"):
+                self.sets[key] = [_covariances(Xc)]
+            elif key.startswith("fb"):
+                self.sets[key] = [
+                    _covariances(sosfiltfilt(butter(4, band, btype="band", fs=sfreq, output="sos"), Xc, axis=-1))
+                    for band in SUB_BANDS]
+            else:
+                starts = [int(round(s * sfreq)) for s in CROP_STARTS_S]
+                self.sets[key] = [_covariances(Xc[:, :, s:s + crop]) for s in starts]
+
+
+def _tangent(covs_list, train, test):
+    fitted = [TangentSpace(metric="riemann").fit(covs[train]) for covs in covs_list]
+    return (np.hstack([ts.transform(c[train]) for ts, c in zip(fitted, covs_list)]),
+            np.hstack([ts.transform(c[test]) for ts, c in zip(fitted, covs_list)]))
+
+
+def score(name, enc, y, subjects, train, test):
+    """Accuracy of one encoding + LR, fitted on ``train`` and scored on ``test``."""
+    suffix = "_motor" if "motor" in name else ""
+    if name.startswith("pool"):
+        covs = enc.sets["full" + suffix][0]
+        identity = np.eye(covs.shape[1])
+        own = subjects[train[0]]
+        others = np.flatnonzero(subjects != own)
+        features = [tangent_space(_recentred(covs[subjects == s], mean_riemann(covs[subjects == s])), identity)
+                    for s in np.unique(subjects[others])]
+        own_mean = mean_riemann(covs[train])
+        a = tangent_space(_recentred(covs[train], own_mean), identity)
+        b = tangent_space(_recentred(covs[test], own_mean), identity)
+        labels = np.concatenate([y[subjects == s] for s in np.unique(subjects[others])] + [y[train]])
+        model = LogisticRegression(max_iter=2000).fit(np.vstack(features + [a]), labels)
+        return model.score(b, y[test])
+    if name.startswith("crops"):
+        full = enc.sets["full" + suffix][0]
+        reference = TangentSpace(metric="riemann").fit(full[train])
+        a = np.vstack([reference.transform(full[train])]
+                      + [reference.transform(c[train]) for c in enc.sets["crops" + suffix]])
+        labels = np.tile(y[train], 1 + len(enc.sets["crops" + suffix]))
+        return LogisticRegression(max_iter=2000).fit(a, labels).score(reference.transform(full[test]), y[test])
+    key = ("fb" if name.startswith("fb") else "full") + suffix
+    a, b = _tangent(enc.sets[key], train, test)
+    if name.endswith("_std"):
+        scaler = StandardScaler().fit(a)
+        a, b = scaler.transform(a), scaler.transform(b)
+    return LogisticRegression(max_iter=2000).fit(a, y[train]).score(b, y[test])
+
+
+def run_split(name, enc, y, subjects, split, seed):
+    subject, fold, train, test = split
+    inner = StratifiedShuffleSplit(n_splits=1, test_size=0.25, random_state=seed + fold)
+    fit_idx, val_idx = next(inner.split(np.zeros(len(train)), y[train]))
+    return (subject, score(name, enc, y, subjects, train[fit_idx], train[val_idx]),
+            score(name, enc, y, subjects, train, test))
+
+
+NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encodings", default="all,motor,pool", help=f"comma-separated, from {','.join(NAMES)}")
+    parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    names = args.encodings.split(",")
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        parser.error(f"unknown encodings {unknown}")
+    config = load_config("configs/default.yaml")
+    subjects_found = list(available_subjects("left_right_imagery", None))
+    trials = load_eegbci(subjects_found, task="left_right_imagery", preprocessing=config["preprocessing"])
+    X, y, subjects = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
+    t0 = time.perf_counter()
+    enc = Encodings(X, trials.sfreq, list(trials.ch_names), names)
+    print(f"covariances: {time.perf_counter() - t0:.0f} s", flush=True)
+    splits = list(within_subject_splits(subjects, y, n_splits=5, seed=args.seed))
+    print(f"{'encoding':12s} {'inner acc':>15s} {'outer acc':>15s} {'seconds':>8s}")
+    for name in names:
+        t0 = time.perf_counter()
+        rows = np.asarray(Parallel(n_jobs=args.n_jobs)(
+            delayed(run_split)(name, enc, y, subjects, split, args.seed) for split in splits))
+        per_subject = np.asarray([rows[rows[:, 0] == s, 1:].mean(axis=0) for s in np.unique(rows[:, 0])])
+        mean, std = per_subject.mean(axis=0), per_subject.std(axis=0, ddof=1)
+        print(f"{name:12s} {mean[0]:.3f} ± {std[0]:.3f}   {mean[1]:.3f} ± {std[1]:.3f} "
+              f"{time.perf_counter() - t0:8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
