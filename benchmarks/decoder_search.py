@@ -107,13 +107,17 @@ class SeedEnsemble:
         return self
 
     def _votes(self, X, groups):
-        proba = np.mean([m.predict_proba(X, groups=groups) for m in self.members], axis=0)
-        votes = []
+        """Soft-vote class index and each member's earliest ordinary output spike (-1: none)."""
+        proba, votes = 0.0, []
         for member in self.members:
             metrics = member._simulate(X, groups)
-            t = np.where(metrics["ordinary"], metrics["first_spike_times"], np.inf)
-            votes.append(np.where(np.isfinite(t).any(axis=1), np.argmin(t, axis=1), -1))
-        return proba.argmax(axis=1), np.asarray(votes)
+            t = metrics["first_spike_times"]
+            logits = -t / member.readout_tau
+            expd = np.exp(logits - logits.max(axis=1, keepdims=True))
+            proba = proba + expd / expd.sum(axis=1, keepdims=True)
+            t_ord = np.where(metrics["ordinary"], t, np.inf)
+            votes.append(np.where(np.isfinite(t_ord).any(axis=1), np.argmin(t_ord, axis=1), -1))
+        return np.argmax(proba, axis=1), np.asarray(votes)
 
     def predict(self, X, groups=None):
         return self.classes_[self._votes(X, groups)[0]]

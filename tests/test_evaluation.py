@@ -125,9 +125,9 @@ def test_pooled_within_subject_on_real_eeg(eeg, within):
     np.testing.assert_array_equal(pooled["n_train"],
                                   plain["n_train"] + len(eeg.y) - pooled["subject"].map(per_subject))
     assert pooled["accuracy"].between(0, 1).all()
+    one = EvalData(X=eeg.X[eeg.subjects == 1], y=eeg.y[eeg.subjects == 1],
+                   subjects=eeg.subjects[eeg.subjects == 1], sfreq=eeg.sfreq)
     with pytest.raises(ValueError, match="at least two subjects"):
-        one = EvalData(X=eeg.X[eeg.subjects == 1], y=eeg.y[eeg.subjects == 1],
-                       subjects=eeg.subjects[eeg.subjects == 1], sfreq=eeg.sfreq)
         evaluate(one, {"ts_lr": functools.partial(make_baseline, "ts_lr")},
                  protocol="within-subject-pooled", progress=False)
 
