@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PROTOCOLS", "RESULT_COLUMNS", "EvalData", "evaluate"]
 
-
 _SCORE_KEYS = (
     "accuracy",
     "balanced_accuracy",
@@ -362,8 +361,6 @@ def _splits(data: EvalData, protocol, n_splits, n_calibration, seed) -> list:
                 f"n_calibration={n_calibration!r} with protocol={protocol!r}."
             )
         pooled = protocol == "within-subject-pooled"
-        if pooled and np.unique(data.subjects).size < 2:
-            raise ValueError("protocol='within-subject-pooled' needs trials of at least two subjects.")
         return list(within_subject_splits(data.subjects, data.y, n_splits, seed, pool_other_subjects=pooled))
     if protocol == "cross-subject":
         return list(cross_subject_splits(data.subjects, data.y, n_calibration, seed))

@@ -81,12 +81,15 @@ def within_subject_splits(
     Raises
     ------
     ValueError
-        If ``n_splits`` < 2, or a subject has fewer than ``n_splits`` trials of one of
-        its classes (then some folds could not contain that class).
+        If ``n_splits`` < 2, a subject has fewer than ``n_splits`` trials of one of
+        its classes (then some folds could not contain that class), or
+        ``pool_other_subjects`` is asked with trials of only one subject.
     """
     subjects, labels = _validate(subjects, labels)
     if int(n_splits) != n_splits or n_splits < 2:
         raise ValueError(f"n_splits must be an integer >= 2, got {n_splits!r}.")
+    if pool_other_subjects and np.unique(subjects).size < 2:
+        raise ValueError("pool_other_subjects (protocol 'within-subject-pooled') needs trials of at least two subjects.")
     for subject in np.unique(subjects):
         idx = np.flatnonzero(subjects == subject)
         classes, counts = np.unique(labels[idx], return_counts=True)

@@ -65,6 +65,9 @@ def test_pooled_within_subject_adds_every_other_subject_to_training(string_ids):
         # training = the subject's own training fold + every trial of the other subjects
         expected = np.union1d(own_train, np.flatnonzero(subjects != subject))
         np.testing.assert_array_equal(train, expected)
+    one = subjects == subjects[0]
+    with pytest.raises(ValueError, match="at least two subjects"):
+        list(within_subject_splits(subjects[one], labels[one], pool_other_subjects=True))
 
 
 @pytest.mark.parametrize("n_splits", [1, 0, 2.5, 11])
