@@ -97,10 +97,12 @@ def cmd_train(args):
     history = pd.DataFrame(model.history_)
     history.to_csv(out / "history.csv", index=False)
     plot_training_curves(history.assign(pipeline=model.neuron), out / "training_curves.png")
-    last = model.history_[-1]
-    print(f"trained {model.neuron} on {len(trials)} trials in {elapsed:.0f} s: "
-          f"loss {last['loss']:.3f}, acc {last['acc']:.3f}, acc_ord {last['acc_ord']:.3f}"
-          + (f", val_acc_ord {last['val_acc_ord']:.3f}" if "val_acc_ord" in last else ""))
+    print(f"trained {len(model.members_)} {model.neuron} network(s) on {len(trials)} trials in {elapsed:.0f} s")
+    for member, rows in history.groupby("member"):
+        last = rows.iloc[-1]
+        print(f"  network {member + 1}, epoch {last['epoch']}: loss {last['loss']:.3f}, acc {last['acc']:.3f}, "
+              f"acc_ord {last['acc_ord']:.3f}"
+              + (f", val_acc_ord {last['val_acc_ord']:.3f}" if "val_acc_ord" in last else ""))
     print(f"model written to {out / 'model.npz'}")
     return 0
 
@@ -189,8 +191,10 @@ def cmd_gui(args):
 
     summary = run_gui(model, source, window_s=args.window, hop_s=args.hop, duration=args.duration,
                       screenshot=args.screenshot, fps=args.fps, channels=args.channels,
-                      decoder_options={"stall_timeout": args.stall_timeout})
+                      decoder_options={"stall_timeout": args.stall_timeout, "calibration_s": args.calibrate})
     print(f"source: {source.description}")
+    if summary["calibrated"]:
+        print(f"aligned to this user on the first {args.calibrate:g} s of the stream")
     print(f"decoded {summary['windows']} windows; decode latency p50 {summary['latency_p50_ms']:.1f} ms, "
           f"p99 {summary['latency_p99_ms']:.1f} ms, max {summary['latency_max_ms']:.1f} ms "
           f"({summary['compilations']} JIT compilations excluded)")
@@ -277,6 +281,9 @@ def build_parser():
     gui.add_argument("--channels", nargs="+", help="channels shown at first (default: C3, Cz, C4 ...)")
     gui.add_argument("--fps", type=float, default=30.0, help="display refresh rate (default 30)")
     gui.add_argument("--stall-timeout", type=float, default=1.0, help="s without samples before 'disconnected'")
+    gui.add_argument("--calibrate", type=float, metavar="S",
+                     help="align a new user on the first S s of the stream (unlabelled) before decoding; "
+                          "for models trained on other subjects (recenter: true)")
     gui.add_argument("--duration", type=float, help="decode for S seconds after the first window, then exit "
                                                     "(headless: offscreen)")
     gui.add_argument("--screenshot", type=Path, help="write a PNG of the window at the end")

@@ -69,7 +69,7 @@ def _check_values(section, values):
     from .encoding import ENCODERS
 
     choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64")}
-    positive_ints = ("epochs", "batch_size")
+    positive_ints = ("epochs", "batch_size", "n_members")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
     non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "input_noise")
 

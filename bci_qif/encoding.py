@@ -198,8 +198,8 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         training trials; a new subject by the mean of its own trials passed to
         ``transform`` together (unlabelled, so pass several). Without ``groups``
         every trial is treated as coming from the training subject (the pooled
-        training mean when several subjects were seen), which is what a real-time
-        window of a calibrated user needs.
+        training mean when several subjects were seen), or, after
+        :meth:`calibrate`, from the calibrated user: what real-time windows need.
 
     Notes
     -----
@@ -236,10 +236,40 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         known = np.flatnonzero(self.subject_ids_ == subject) if subject is not None else []
         if len(known):
             return self.subject_means_[known[0]]
+        if subject is None and getattr(self, "live_mean_", None) is not None:
+            return self.live_mean_
         if subject is None or len(covs) < 2:
             # One real-time window carries no estimate of a mean: use training's.
             return self.reference_
         return mean_riemann(covs)
+
+    def calibrate(self, X):
+        """Align un-grouped trials by the mean of a user's unlabelled EEG from now on.
+
+        Parameters
+        ----------
+        X : array, shape (n_windows, n_channels, n_times) or None
+            At least two windows (or trials) of the user, preprocessed like the
+            training trials; ``None`` forgets the calibration (back to the training
+            reference).
+
+        Returns
+        -------
+        self
+        """
+        from pyriemann.geometry.mean import mean_riemann
+
+        check_is_fitted(self, "components_")
+        if not self.recenter:
+            raise ValueError("calibrate needs recenter=True: this encoder does not align subjects")
+        if X is None:
+            self.live_mean_ = None
+            return self
+        X = _check_trials(X)
+        if X.shape[1] != self.n_channels_ or len(X) < 2:
+            raise ValueError(f"calibrate needs at least 2 windows of {self.n_channels_} channels, got shape {X.shape}")
+        self.live_mean_ = mean_riemann(self._covariances(X))
+        return self
 
     def _aligned(self, covs, groups):
         """Tangent-space inputs: (covariances, reference point)."""

@@ -3,8 +3,10 @@
 :class:`QIFClassifier` takes trials as :class:`mne.Epochs` or arrays of shape
 ``(n_trials, n_channels, n_times)`` (with ``sfreq``), encodes them with an
 :mod:`encoding <bci_qif.encoding>` fitted on the training trials, turns the features
-into timed current events and trains a QIF (or LIF) network. It composes with
-``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` like any classifier.
+into timed current events and trains QIF (or LIF) networks: by default three, from
+consecutive seeds, which decide together (:func:`soft_vote`, :func:`ordinary_vote`).
+It composes with ``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` like any
+classifier.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
@@ -28,7 +31,7 @@ from .training import TrainConfig, TrainingState, evaluate_network, make_optimiz
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QIFClassifier"]
+__all__ = ["QIFClassifier", "soft_vote", "ordinary_vote"]
 
 
 def _as_trials(X, sfreq):
@@ -41,6 +44,64 @@ def _as_trials(X, sfreq):
     if sfreq is None:
         raise ValueError("sfreq must be given when X is an array (QIFClassifier(sfreq=...))")
     return X, float(sfreq), None
+
+
+def member_votes(first_spike_times, ordinary):
+    """Each member's class: its earliest ordinary output spike, ``-1`` where none fired.
+
+    Parameters
+    ----------
+    first_spike_times, ordinary : array, shape (n_members, n_trials, n_classes)
+        Output first-spike times and whether each was an ordinary spike (inside the
+        trial) rather than a pseudospike.
+
+    Returns
+    -------
+    votes : int array, shape (n_members, n_trials)
+    """
+    t_ordinary = np.where(ordinary, first_spike_times, np.inf)
+    return np.where(np.any(ordinary, axis=-1), np.argmin(t_ordinary, axis=-1), -1)
+
+
+def ordinary_vote(first_spike_times, ordinary):
+    """The spiking decision of an ensemble: the majority of its members' spikes.
+
+    A class wins a trial when more than half of the members' earliest ordinary
+    output spikes name it; otherwise the ensemble made no spiking decision. With one
+    member this is the earliest ordinary output spike (``acc_ord`` of one network).
+
+    Parameters
+    ----------
+    first_spike_times, ordinary : array, shape (n_members, n_trials, n_classes)
+
+    Returns
+    -------
+    decided : int array, shape (n_trials,)
+        Class index, or ``-1`` where no class has a majority.
+    """
+    votes = member_votes(first_spike_times, ordinary)
+    n_members, n_classes = votes.shape[0], np.shape(first_spike_times)[-1]
+    counts = np.stack([np.sum(votes == k, axis=0) for k in range(n_classes)], axis=-1)
+    return np.where(2 * counts.max(axis=-1) > n_members, counts.argmax(axis=-1), -1)
+
+
+def soft_vote(first_spike_times, readout_tau):
+    """Log of the members' mean class probabilities ``softmax(-t / readout_tau)``.
+
+    Parameters
+    ----------
+    first_spike_times : array, shape (n_members, n_trials, n_classes)
+        Output first-spike times (ordinary or pseudo), in units of tau.
+    readout_tau : float
+
+    Returns
+    -------
+    log_proba : float64 array, shape (n_trials, n_classes)
+        Computed in log space, so that a class far behind keeps a finite score.
+    """
+    logits = -np.asarray(first_spike_times, dtype=np.float64) / float(readout_tau)
+    log_member = logits - logsumexp(logits, axis=-1, keepdims=True)
+    return logsumexp(log_member, axis=0) - np.log(log_member.shape[0])
 
 
 class QIFClassifier(ClassifierMixin, BaseEstimator):
@@ -89,8 +150,14 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         Early-stopping patience (epochs), with a validation split.
     sfreq : float or None
         Sampling rate when ``X`` is an array.
+    n_members : int
+        Networks trained on the same encoded trials from the seeds ``random_state``,
+        ``random_state + 1``, ... (initial weights, batch order, input noise); they
+        decide together (see :func:`soft_vote` and :func:`ordinary_vote`). The
+        default 3 was chosen by nested validation (docs/benchmarks.md, "Seed
+        ensembles"); 1 trains a single network.
     random_state : int
-        Seed of initialisation, validation split and shuffling.
+        Seed of initialisation, validation split and shuffling (of the first member).
     dtype : {"float32", "float64"}
     verbose : bool
         Show a progress bar while training.
@@ -98,20 +165,24 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray
+    members_ : list of (list of dict)
+        Trained parameters of each member network.
     params_ : list of dict
-        Trained network parameters.
+        The first member's parameters (the network whose neurons the real-time
+        displays show).
     encoder_ : transformer
     history_ : list of dict
-        Per-epoch metrics (loss, acc, acc_ord, silent fraction per layer, gradient
-        norm, non-finite gradient count, validation scores).
+        Per-epoch metrics of every member (``member``, ``epoch``, loss, acc, acc_ord,
+        silent fraction per layer, gradient norm, non-finite gradient count,
+        validation scores).
     """
 
     # Defaults: the decoder chosen by nested validation (configs/default.yaml).
     def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
                  recenter=True, rate_hz=10.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
                  learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, input_noise=2.0, gamma=0.01,
-                 readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None, random_state=0, dtype="float32",
-                 verbose=False):
+                 readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None, n_members=3, random_state=0,
+                 dtype="float32", verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
         self.tau = tau
@@ -133,6 +204,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.sfreq = sfreq
+        self.n_members = n_members
         self.random_state = random_state
         self.dtype = dtype
         self.verbose = verbose
@@ -175,12 +247,18 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             return self.encoder_.transform(data, groups=groups)
         return self.encoder_.transform(data)
 
-    def _train_config(self):
+    def _n_members(self):
+        if not (isinstance(self.n_members, (int, np.integer)) and self.n_members >= 1):
+            raise ValueError(f"n_members must be a positive integer, got {self.n_members!r}")
+        return int(self.n_members)
+
+    def _train_config(self, seed=None):
         return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
                            learning_rate=float(self.learning_rate), grad_clip=self.grad_clip,
                            weight_decay=float(self.weight_decay), input_noise=float(self.input_noise),
                            patience=self.patience, gamma=float(self.gamma),
-                           readout_tau=float(self.readout_tau), seed=int(self.random_state))
+                           readout_tau=float(self.readout_tau),
+                           seed=int(self.random_state if seed is None else seed))
 
     def _jnp_dtype(self):
         if self.dtype not in ("float32", "float64"):
@@ -199,7 +277,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
     # --- scikit-learn API ------------------------------------------------------------
     def fit(self, X, y, groups=None, *, checkpoint=None, resume=False):
-        """Fit the encoder and train the network.
+        """Fit the encoder and train the ``n_members`` networks, one after the other.
 
         Parameters
         ----------
@@ -208,9 +286,11 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         groups : array, shape (n_trials,), optional
             Subject of each trial (used by ``recenter``; ignored otherwise).
         checkpoint : str or Path, optional
-            Write a resumable checkpoint here after every epoch (atomically).
+            Write a resumable checkpoint here after every epoch of every member
+            (atomically; it holds each started member's training state).
         resume : bool
-            Continue from ``checkpoint`` if it exists.
+            Continue from ``checkpoint`` if it exists: finished members are kept
+            (or trained on, when ``epochs`` grew) and the interrupted one goes on.
 
         Returns
         -------
@@ -224,6 +304,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"need trials of at least two classes, got only {self.classes_.tolist()}")
         hidden = tuple(int(h) for h in np.atleast_1d(self.hidden_layer_sizes))
+        n_members = self._n_members()
         neuron = self._neuron_model()
         self.sfreq_, self.ch_names_ = sfreq, ch_names
         self.n_channels_ = data.shape[1]
@@ -243,20 +324,28 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         times, currents = self._events(data, groups)
         self.T_ = float(data.shape[-1] / sfreq * self._time_scale)
         self.times_ = times
-        config = self._train_config()
-        params = network.init(jax.random.PRNGKey(int(self.random_state)),
-                              (currents.shape[-1], *hidden, len(self.classes_)),
-                              weight_scale=float(self.weight_scale), bias=float(self.bias), dtype=self._jnp_dtype())
-        state = None
+        layer_sizes = (currents.shape[-1], *hidden, len(self.classes_))
+        states = []  # one training state per member started so far
         if resume and checkpoint is not None and Path(checkpoint).exists():
-            state = self._load_training_state(checkpoint, params, config, len(train_idx))
+            states = self._load_states(checkpoint, layer_sizes, len(train_idx))[:n_members]
         validation = None if val_idx is None else (currents[val_idx], y_index[val_idx])
-        on_epoch_end = None if checkpoint is None else (lambda s: self._write(checkpoint, s))
-        state = train(params, times, currents[train_idx], y_index[train_idx], neuron, self.T_, config,
-                      validation=validation, state=state, on_epoch_end=on_epoch_end, progress=self.verbose)
-        self.params_ = state.best_params
-        self.history_ = state.history
-        self.budget_ = state.budget
+        for member in range(n_members):
+            # Members differ only in their seed; member 0 is the single network of n_members=1.
+            seed = int(self.random_state) + member
+            params = network.init(jax.random.PRNGKey(seed), layer_sizes, weight_scale=float(self.weight_scale),
+                                  bias=float(self.bias), dtype=self._jnp_dtype())
+            on_epoch_end = None if checkpoint is None else (
+                lambda s, member=member: self._write(checkpoint, [*states[:member], s, *states[member + 1:]]))
+            # A resumed member that has finished returns at once; one with epochs to go goes on.
+            state = train(params, times, currents[train_idx], y_index[train_idx], neuron, self.T_,
+                          self._train_config(seed), validation=validation,
+                          state=states[member] if member < len(states) else None, on_epoch_end=on_epoch_end,
+                          progress=self.verbose)
+            states[member:member + 1] = [state]
+            self.budget_ = state.budget
+        self.members_ = [state.best_params for state in states]
+        self.params_ = self.members_[0]
+        self.history_ = _member_history(state.history for state in states)
         return self
 
     @staticmethod
@@ -269,50 +358,124 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         return groups
 
     def _simulate(self, X, groups=None):
-        check_is_fitted(self, "params_")
+        """Each member's :func:`~bci_qif.training.evaluate_network` metrics on the trials ``X``."""
+        check_is_fitted(self, "members_")
         data, sfreq, _ = _as_trials(X, self.sfreq_)
         if sfreq != self.sfreq_:
             raise ValueError(f"X is sampled at {sfreq} Hz, the model was trained at {self.sfreq_} Hz")
         if data.shape[1] != self.n_channels_:
             raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
         times, currents = self._events(data, self._check_groups(groups, len(data)))
-        metrics, self.budget_ = evaluate_network(self.params_, times, currents, None, self._neuron_model(), self.T_,
-                                                 batch_size=int(self.batch_size), budget=getattr(self, "budget_", None))
-        return metrics
+        outputs = []
+        for params in self.members_:
+            metrics, self.budget_ = evaluate_network(params, times, currents, None, self._neuron_model(), self.T_,
+                                                     batch_size=int(self.batch_size),
+                                                     budget=getattr(self, "budget_", None))
+            outputs.append(metrics)
+        return outputs
+
+    def _log_proba(self, X, groups=None):
+        t = np.stack([m["first_spike_times"] for m in self._simulate(X, groups)])
+        return soft_vote(t, self.readout_tau)
 
     def decision_function(self, X, groups=None):
-        """Scores from first-spike times (earlier = larger); binary: class-1 minus class-0."""
-        t = self._simulate(X, groups)["first_spike_times"]
-        scores = -t / float(self.readout_tau)
-        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+        """Log of the class probabilities of :meth:`predict_proba`; binary: class 1 minus class 0.
+
+        For one network this is ``(t_0 - t_1) / readout_tau`` (earlier spike = larger).
+        """
+        log_proba = self._log_proba(X, groups)
+        return log_proba[:, 1] - log_proba[:, 0] if len(self.classes_) == 2 else log_proba
 
     def predict_proba(self, X, groups=None):
-        """Class probabilities ``softmax(-t / readout_tau)`` of the output first-spike times."""
-        t = self._simulate(X, groups)["first_spike_times"]
-        return np.asarray(jax.nn.softmax(-jnp.asarray(t) / float(self.readout_tau), axis=-1), dtype=np.float64)
+        """Class probabilities: the members' mean ``softmax(-t / readout_tau)`` of their output first-spike times."""
+        return np.exp(self._log_proba(X, groups))
 
     def predict(self, X, groups=None):
-        """The class of the earliest output spike (ordinary or pseudo)."""
-        t = self._simulate(X, groups)["first_spike_times"]
-        return self.classes_[np.argmin(t, axis=1)]
+        """The most probable class (for one network: that of the earliest output spike, ordinary or pseudo)."""
+        log_proba = self._log_proba(X, groups)  # first: raises NotFittedError before classes_ is read
+        return self.classes_[np.argmax(log_proba, axis=1)]
 
     def spiking_metrics(self, X, y, groups=None):
         """Spiking statistics on labelled trials: ``acc_ord``, ``silent_fraction``, ``spikes_per_trial``.
 
-        ``acc_ord`` counts a trial correct only if an output neuron spiked inside the
-        trial and the earliest one is the right class.
+        ``acc_ord`` counts a trial correct only if it was decided by spikes inside the
+        trial: the earliest ordinary output spike of a majority of the members names
+        the right class (:func:`ordinary_vote`). The other two are member means.
         """
-        metrics = self._simulate(X, groups)
-        t, ordinary = metrics["first_spike_times"], metrics["ordinary"]
+        outputs = self._simulate(X, groups)
+        t = np.stack([m["first_spike_times"] for m in outputs])
+        ordinary = np.stack([m["ordinary"] for m in outputs])
         y_index = np.searchsorted(self.classes_, np.asarray(y))
-        _, predicted_ord = network.predict(network.SimulationResult(t, ordinary, (), (), (), False, (), False))
         return {
-            "acc_ord": float(np.mean(predicted_ord == y_index)),
-            "silent_fraction": float(np.mean(metrics["silent_fraction"])),
-            "spikes_per_trial": metrics["spikes_per_trial"],
+            "acc_ord": float(np.mean(ordinary_vote(t, ordinary) == y_index)),
+            "silent_fraction": float(np.mean([np.mean(m["silent_fraction"]) for m in outputs])),
+            "spikes_per_trial": float(np.mean([m["spikes_per_trial"] for m in outputs])),
         }
 
-    def decode_windows(self, X, *, budget=None):
+    def calibrate(self, X):
+        """Align a new user from unlabelled EEG (``recenter=True`` only).
+
+        The Riemannian mean of the covariances of ``X`` becomes the reference of
+        every trial or window decoded without ``groups`` (:meth:`decode_windows`, the
+        real-time decoder): the unsupervised re-centring that ``groups`` gives an
+        unseen subject offline. A session state, not saved with the model.
+
+        Parameters
+        ----------
+        X : array, shape (n_windows, n_channels, n_times), or None
+            Windows or trials of the user, preprocessed like the training trials (at
+            least 2); ``None`` goes back to the training reference.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "members_")
+        if self.encoding != "tangent_space":
+            raise ValueError(f"calibrate needs encoding='tangent_space' with recenter=True, got {self.encoding!r}")
+        self.encoder_.calibrate(None if X is None else _as_trials(X, self.sfreq_)[0])
+        return self
+
+    def window_scores(self, X, y, groups=None, *, window_s=2.0, step_s=0.5):
+        """Accuracy on sliding windows cut from labelled trials, decoded as the GUI decodes them.
+
+        Every window of ``window_s`` seconds starting at ``0, step_s, 2 step_s, ...``
+        inside each trial goes through :meth:`decode_windows`.
+
+        Parameters
+        ----------
+        X : mne.Epochs or array, shape (n_trials, n_channels, n_times)
+        y : array, shape (n_trials,)
+        groups : array, shape (n_trials,), optional
+            Subject of each trial, for a re-centring encoder: a subject unseen in
+            training is aligned by the mean of its windows (as a live session after
+            :meth:`calibrate`); without, windows are aligned as :meth:`decode_windows`
+            aligns them.
+        window_s, step_s : float
+            Window length and spacing of the window starts, in seconds.
+
+        Returns
+        -------
+        scores : dict
+            ``window_acc`` (the decided class) and ``window_acc_ord`` (decided by
+            ordinary spikes, :func:`ordinary_vote`) over all windows.
+        """
+        check_is_fitted(self, "members_")
+        data, _, _ = _as_trials(X, self.sfreq_)
+        n_window, n_step = int(round(window_s * self.sfreq_)), int(round(step_s * self.sfreq_))
+        if not 1 <= n_window <= data.shape[-1] or n_step < 1:
+            raise ValueError(f"window_s={window_s} s and step_s={step_s} s do not fit trials of "
+                             f"{data.shape[-1] / self.sfreq_:g} s")
+        y_index = np.searchsorted(self.classes_, np.asarray(y))
+        correct, correct_ord, budget = [], [], None
+        for start in range(0, data.shape[-1] - n_window + 1, n_step):
+            result = self.decode_windows(data[:, :, start:start + n_window], groups=groups, budget=budget)
+            budget = result["budget"]
+            correct.append(result["predicted_index"] == y_index)
+            correct_ord.append(result["ordinary_vote"] == y_index)
+        return {"window_acc": float(np.mean(correct)), "window_acc_ord": float(np.mean(correct_ord))}
+
+    def decode_windows(self, X, groups=None, *, budget=None):
         """Decode windows of a continuous recording and report what the network did.
 
         The real-time decoder (:mod:`bci_qif.realtime`) calls this on the latest
@@ -325,6 +488,10 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         X : array, shape (n_windows, n_channels, n_times)
             Windows preprocessed like the training trials: channels in the order of
             ``ch_names_``, sampled at ``sfreq_``.
+        groups : array, shape (n_windows,), optional
+            Subject ids for a re-centring encoder (see ``recenter``); without them a
+            window is aligned by the calibrated user's mean (:meth:`calibrate`) or
+            else the training reference.
         budget : bci_qif.network.Budget, optional
             Event budget to start from; pass back ``result["budget"]`` of the
             previous call to avoid recompiling the simulation.
@@ -332,10 +499,15 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         result : dict
-            ``probabilities`` (n_windows, n_classes): ``softmax(-t / readout_tau)`` of the
-            output first-spike times ``t``; ``prediction`` (n_windows,): the class
-            (from ``classes_``) of the earliest output spike, ``predicted_index`` its
-            index; ``first_spike_times`` (n_windows, n_classes) in seconds from the
+            The ensemble's decision: ``probabilities`` (n_windows, n_classes), the
+            members' mean ``softmax(-t / readout_tau)`` of their output first-spike
+            times ``t``; ``prediction`` (n_windows,): the most probable class (from
+            ``classes_``), ``predicted_index`` its index; ``votes`` (n_windows,
+            n_members): each member's earliest ordinary output spike (class index, -1
+            if none); ``ordinary_vote`` (n_windows,): the class most members' spikes
+            name (:func:`ordinary_vote`, -1 if none has a majority).
+            The first member's activity (the network the displays show):
+            ``first_spike_times`` (n_windows, n_classes) in seconds from the
             window start (pseudospikes come after the window end); ``ordinary``
             (n_windows, n_classes) bool; per layer (hidden layers, then output):
             ``spike_counts`` (n_windows, n_neurons) ordinary spikes, ``spike_times``
@@ -344,7 +516,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             ``silent_fraction`` (n_windows, n_layers), the share of neurons without an
             ordinary spike; ``window_s``; ``budget``.
         """
-        check_is_fitted(self, "params_")
+        check_is_fitted(self, "members_")
         data = np.asarray(X)
         if data.ndim != 3:
             raise ValueError(f"X must be an array (n_windows, n_channels, n_times), got shape {data.shape}")
@@ -354,15 +526,17 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X must hold at least one window of at least one sample, got shape {data.shape}")
         scale = self._time_scale
         window_s = data.shape[2] / float(self.sfreq_)
-        times, currents = self._events(data)
-        result, budget = network.simulate(self.params_, times, currents, self._neuron_model(),
-                                          T=window_s * scale, budget=budget)
-        t = np.asarray(result.first_spike_times, dtype=np.float64)
-        logits = -t / float(self.readout_tau)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        predicted = np.argmin(t, axis=1)
+        times, currents = self._events(data, self._check_groups(groups, len(data)))
+        results = []
+        for params in self.members_:
+            member_result, budget = network.simulate(params, times, currents, self._neuron_model(),
+                                                     T=window_s * scale, budget=budget)
+            results.append(member_result)
+        member_t = np.stack([np.asarray(r.first_spike_times, dtype=np.float64) for r in results])
+        member_ordinary = np.stack([np.asarray(r.ordinary) for r in results])
+        probabilities = np.exp(soft_vote(member_t, self.readout_tau))
+        predicted = np.argmax(probabilities, axis=1)
+        result, t = results[0], member_t[0]
         counts = [np.asarray(c) for c in result.spike_counts]
         spike_times, spike_sources = [], []
         for layer_times, layer_sources in zip(result.spike_times, result.spike_sources):
@@ -374,6 +548,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             "probabilities": probabilities,
             "prediction": self.classes_[predicted],
             "predicted_index": predicted,
+            "votes": member_votes(member_t, member_ordinary).T,
+            "ordinary_vote": ordinary_vote(member_t, member_ordinary),
             "first_spike_times": t / scale,
             "ordinary": np.asarray(result.ordinary),
             "spike_counts": counts,
@@ -385,29 +561,34 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         }
 
     # --- persistence -----------------------------------------------------------------
-    def _model_arrays(self, params):
-        arrays = {f"model/{k}": np.asarray(leaf) for k, leaf in enumerate(jax.tree_util.tree_leaves(params))}
+    def _model_arrays(self, members):
+        arrays = {f"model/{m}/{k}": np.asarray(leaf)
+                  for m, params in enumerate(members) for k, leaf in enumerate(jax.tree_util.tree_leaves(params))}
         arrays.update({f"encoder/{k}": v for k, v in self.encoder_.to_arrays().items()})
         arrays["classes"] = np.asarray(self.classes_)
         return arrays
 
-    def _model_meta(self, params):
+    def _model_meta(self, members):
         return {
             "kind": "bci_qif.QIFClassifier",
             "estimator_params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
-            "layer_sizes": list(network.layer_sizes_of(params)),
+            "layer_sizes": list(network.layer_sizes_of(members[0])),
+            "n_fitted_members": len(members),
             "T": self.T_,
             "sfreq": self.sfreq_,
             "ch_names": self.ch_names_,
             "n_channels": self.n_channels_,
         }
 
-    def _write(self, path, state):
-        """Checkpoint: model (best parameters) + resumable training state."""
-        arrays = self._model_arrays(state.best_params)
-        train_arrays, train_meta = state.to_arrays()
-        arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
-        save_checkpoint(path, arrays, dict(self._model_meta(state.best_params), training=train_meta))
+    def _write(self, path, states):
+        """Checkpoint: every started member's best parameters (a model) and training state (resumable)."""
+        members = [state.best_params for state in states]
+        arrays, metas = self._model_arrays(members), []
+        for member, state in enumerate(states):
+            train_arrays, train_meta = state.to_arrays()
+            arrays.update({f"train/{member}/{k}": v for k, v in train_arrays.items()})
+            metas.append(train_meta)
+        save_checkpoint(path, arrays, dict(self._model_meta(members), training={"members": metas}))
 
     def save(self, path, context=None):
         """Save the fitted model to ``path`` (one ``.npz`` file, no pickle).
@@ -420,27 +601,39 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             ``context_`` (e.g. the preprocessing configuration and class names, which
             the real-time decoder needs).
         """
-        check_is_fitted(self, "params_")
-        save_checkpoint(path, self._model_arrays(self.params_),
-                        dict(self._model_meta(self.params_), training={"history": self.history_},
+        check_is_fitted(self, "members_")
+        save_checkpoint(path, self._model_arrays(self.members_),
+                        dict(self._model_meta(self.members_), training={"history": self.history_},
                              context=context or {}))
 
-    def _load_training_state(self, path, params, config, n_train):
+    def _load_states(self, path, layer_sizes, n_train):
+        """The training state of every member a checkpoint holds, in member order."""
         arrays, meta = load_checkpoint(path)
         self._check_compatible(meta)
-        optimizer = make_optimizer(config, steps_per_epoch(n_train, config.batch_size))
-        train_arrays = {k[len("train/"):]: v for k, v in arrays.items() if k.startswith("train/")}
-        if not train_arrays:
+        if list(meta["layer_sizes"]) != list(layer_sizes):
+            raise ValueError(f"{path} holds a network of layer sizes {meta['layer_sizes']}, these data need "
+                             f"{list(layer_sizes)}; cannot resume from it")
+        if not any(key.startswith("train/") for key in arrays):
             raise ValueError(f"{path} holds a model without training state; cannot resume from it")
-        logger.info("resuming from %s at epoch %d", path, meta["training"]["epoch"])
-        return TrainingState.from_arrays(train_arrays, meta["training"], params, optimizer)
+        training = meta["training"]
+        # Checkpoints from before ensembles hold one network's state under train/<key>.
+        metas, prefixes = ((training["members"], [f"train/{m}/" for m in range(len(training["members"]))])
+                           if "members" in training else ([training], ["train/"]))
+        config = self._train_config()
+        optimizer = make_optimizer(config, steps_per_epoch(n_train, config.batch_size))
+        template = network.init(jax.random.PRNGKey(0), layer_sizes, dtype=self._jnp_dtype())
+        logger.info("resuming from %s: members at epochs %s", path, [m["epoch"] for m in metas])
+        return [TrainingState.from_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                                          member_meta, template, optimizer)
+                for prefix, member_meta in zip(prefixes, metas)]
 
     def _check_compatible(self, meta):
         if meta.get("kind") != "bci_qif.QIFClassifier":
             raise ValueError("not a QIFClassifier checkpoint")
         saved = meta["estimator_params"]
         mine = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
-        differing = {k for k in saved if k not in ("verbose", "epochs") and saved[k] != mine.get(k)}
+        # More epochs or members extend a run; everything else must match.
+        differing = {k for k in saved if k not in ("verbose", "epochs", "n_members") and saved[k] != mine.get(k)}
         if differing:
             raise ValueError(f"checkpoint was written with different settings: {sorted(differing)}")
 
@@ -452,18 +645,41 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{path} is not a QIFClassifier checkpoint")
         params = {k: (tuple(v) if k == "hidden_layer_sizes" and isinstance(v, list) else v)
                   for k, v in meta["estimator_params"].items()}
+        members_saved = "n_fitted_members" in meta
+        if not members_saved:
+            params["n_members"] = 1  # written before ensembles: one network
         model = cls(**params)
-        sizes = meta["layer_sizes"]
-        leaves = [arrays[f"model/{k}"] for k in range(2 * (len(sizes) - 1))]
-        dtype = model._jnp_dtype()
-        template = network.init(jax.random.PRNGKey(0), sizes, dtype=dtype)
-        treedef = jax.tree_util.tree_structure(template)
-        model.params_ = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype) for a in leaves])
+        model.members_ = _members_from_arrays(arrays, meta, model._jnp_dtype())
+        model.params_ = model.members_[0]
         model.encoder_ = make_encoder(model.encoding, meta["sfreq"], **model._encoder_options()).set_arrays(
             {k[len("encoder/"):]: v for k, v in arrays.items() if k.startswith("encoder/")})
         model.classes_ = arrays["classes"]
         model.T_, model.sfreq_, model.ch_names_ = meta["T"], meta["sfreq"], meta["ch_names"]
         model.n_channels_ = meta["n_channels"]
-        model.history_ = meta.get("training", {}).get("history", [])
+        model.history_ = _history_from_meta(meta.get("training", {}))
         model.context_ = meta.get("context", {})
         return model
+
+
+def _members_from_arrays(arrays, meta, dtype):
+    """Member parameters stored by ``_model_arrays`` (or the single network of older files)."""
+    sizes = meta["layer_sizes"]
+    n_leaves = 2 * (len(sizes) - 1)
+    if "n_fitted_members" in meta:
+        groups = [[arrays[f"model/{m}/{k}"] for k in range(n_leaves)] for m in range(int(meta["n_fitted_members"]))]
+    else:
+        groups = [[arrays[f"model/{k}"] for k in range(n_leaves)]]
+    treedef = jax.tree_util.tree_structure(network.init(jax.random.PRNGKey(0), sizes, dtype=dtype))
+    return [jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype) for a in leaves]) for leaves in groups]
+
+
+def _member_history(histories):
+    """One list of per-epoch records from each member's history, each tagged with its ``member``."""
+    return [dict(row, member=member) for member, history in enumerate(histories) for row in history]
+
+
+def _history_from_meta(training):
+    """Per-epoch records of all members, from a saved model's or a checkpoint's metadata."""
+    if "members" in training:
+        return _member_history(member["history"] for member in training["members"])
+    return list(training.get("history", []))

@@ -244,11 +244,23 @@ def _class_scores(estimator, X, labels, groups) -> np.ndarray | None:
     return full
 
 
-def _spiking_metrics(estimator, X, y, groups=None) -> dict:
-    """Call the ``spiking_metrics(X, y)`` hook of the model, if it has one."""
+#: Length of the sliding windows on which spiking decoders are also scored (seconds).
+WINDOW_S = 2.0
+
+
+def _spiking_metrics(estimator, X, y, groups=None, duration=None) -> dict:
+    """Call the ``spiking_metrics(X, y)`` hook of the model, if it has one.
+
+    A model that also has ``window_scores(X, y, window_s=...)`` (the real-time
+    decoding path) is scored on ``WINDOW_S`` windows when the trials are long enough.
+    """
     if hasattr(estimator, "spiking_metrics"):
         # The same subject ids as predict gets, so acc_ord scores the same inputs.
-        return dict(estimator.spiking_metrics(X, y, **_group_kwargs(estimator, "predict", groups)))
+        metrics = dict(estimator.spiking_metrics(X, y, **_group_kwargs(estimator, "predict", groups)))
+        if hasattr(estimator, "window_scores") and duration is not None and duration >= WINDOW_S:
+            metrics.update(estimator.window_scores(X, y, window_s=WINDOW_S,
+                                                   **_group_kwargs(estimator, "predict", groups)))
+        return metrics
     if isinstance(estimator, Pipeline) and hasattr(estimator[-1], "spiking_metrics"):
         return dict(estimator[-1].spiking_metrics(estimator[:-1].transform(X), y))
     return {}
@@ -305,7 +317,7 @@ def _fit_and_score(
                 estimator.predict(X_test, **_group_kwargs(estimator, "predict", groups_test))
             )
             proba = _class_scores(estimator, X_test, labels, groups_test)
-            extra = _spiking_metrics(estimator, X_test, y_test, groups_test)
+            extra = _spiking_metrics(estimator, X_test, y_test, groups_test, duration)
         except EventBudgetError as err:
             # A trained spiking network whose firing runs away on the test trials
             # makes no decision: the fold is kept as a failure, not dropped silently.
@@ -429,7 +441,11 @@ def evaluate(
 
     A fitted model exposing ``spiking_metrics(X, y) -> dict`` (directly, or as the
     last step of a Pipeline) is called on each test fold and its keys become extra
-    columns, e.g. ``acc_ord``, ``silent_fraction``, ``spikes_per_trial``.
+    columns, e.g. ``acc_ord``, ``silent_fraction``, ``spikes_per_trial``. One that
+    also has ``window_scores`` (:class:`bci_qif.QIFClassifier`) adds its scores on
+    the 2 s sliding windows the real-time decoder sees, ``window_acc`` and
+    ``window_acc_ord``, when the trials are at least 2 s long (a test subject unseen
+    in training is aligned by its own windows, as a calibrated live session).
     """
     data = _as_eval_data(data)
     if blas_threads is not None and (int(blas_threads) != blas_threads or blas_threads < 1):

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DecoderWindow", "run_gui"]
 
-_STATUS_COLOURS = {"connected": "#1b7f3b", "paused": "#b26b00", "connecting": "#b26b00",
+_STATUS_COLOURS = {"connected": "#1b7f3b", "paused": "#b26b00", "connecting": "#b26b00", "calibrating": "#b26b00",
                    "disconnected": "#c0392b", "error": "#c0392b", "stopped": "#555555", "idle": "#555555"}
 _PREFERRED_CHANNELS = ("C3", "Cz", "C4", "FC3", "FC4", "CP3", "CP4", "Fz")
 
@@ -246,7 +246,9 @@ class DecoderWindow(QtWidgets.QMainWindow):
             self.silence_plot.addItem(item)
             legend.addItem(item, label)
 
-        self.raster_plot = g.addPlot(row=2, col=0, colspan=2, title="spike raster, latest window")
+        n_members = len(self.decoder.model.members_)
+        raster_title = "spike raster, latest window" + (f" (network 1 of {n_members})" if n_members > 1 else "")
+        self.raster_plot = g.addPlot(row=2, col=0, colspan=2, title=raster_title)
         self.raster_plot.setLabel("bottom", "time in window", units="s")
         self.raster_plot.setMouseEnabled(x=False, y=False)
         self.raster_plot.hideButtons()
@@ -400,8 +402,11 @@ class DecoderWindow(QtWidgets.QMainWindow):
         self._last_result = result
         self._history.append((result.window_end, result.probabilities, result.true_label, result.prediction))
         colour = self.class_colours[result.prediction].name()
+        votes = ""
+        if len(result.votes) > 1:  # an ensemble: how many member networks' spikes named the decided class
+            votes = f", spikes of {int(np.sum(result.votes == result.prediction))}/{len(result.votes)} networks"
         self.decision_label.setText(f"<span style='color:{colour}'>{_escape(result.class_name)}</span> "
-                                    f"<small>{result.probabilities[result.prediction]:.2f}</small>")
+                                    f"<small>{result.probabilities[result.prediction]:.2f}{votes}</small>")
         # Paint the decision now: this is the moment a user sees the prediction.
         self.decision_label.repaint()
         self.shown.append((result.marker, result.window_end, result.decoded_at, time.perf_counter()))

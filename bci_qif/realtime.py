@@ -852,8 +852,11 @@ class DecodeResult:
     window_s, hop_s : float
     probabilities : ndarray (n_classes,)
     prediction : int
-        Index of the decided class; ``class_name`` its name.
+        Index of the decided class (soft vote of the ensemble); ``class_name`` its name.
+    votes : ndarray (n_members,)
+        Each member network's earliest ordinary output spike (class index, -1: none).
     first_spike_times : ndarray (n_classes,), seconds from the window start.
+        The first member's; it is also the network of the spike and silence fields.
     spike_times, spike_sources : tuple of ndarray, per layer (hidden..., output)
         Ordinary spikes of the window: time in seconds from the window start, neuron.
     spike_counts : tuple of ndarray (n_neurons,), per layer.
@@ -888,6 +891,7 @@ class DecodeResult:
     probabilities: np.ndarray
     prediction: int
     class_name: str
+    votes: np.ndarray
     first_spike_times: np.ndarray
     spike_times: tuple
     spike_sources: tuple
@@ -946,17 +950,24 @@ class RealtimeDecoder:
         e.g. ``T1`` -> left).
     on_result : callable(DecodeResult), optional
     on_status : callable(str status, str message), optional
-        Status is one of ``"idle"``, ``"connecting"``, ``"connected"``, ``"paused"``,
-        ``"disconnected"``, ``"error"``, ``"stopped"``.
+        Status is one of ``"idle"``, ``"connecting"``, ``"calibrating"``, ``"connected"``,
+        ``"paused"``, ``"disconnected"``, ``"error"``, ``"stopped"``.
     history : int
         Latest results kept in :attr:`history`.
     poll_interval : float
         Sleep between polls of an idle stream (seconds).
+    calibration_s : float, optional
+        Align a new user first (models with ``recenter=True``): the first
+        ``calibration_s`` seconds of the stream are not decoded; their windows
+        (unlabelled, one every half window) calibrate the model
+        (:meth:`QIFClassifier.calibrate <bci_qif.estimator.QIFClassifier.calibrate>`),
+        status ``"calibrating"`` meanwhile. Without it, windows are aligned by the
+        model's training reference (right for a user the model was trained on).
     """
 
     def __init__(self, model, source, *, window_s=None, hop_s=0.125, display_s=10.0, stall_timeout=1.0,
                  reconnect_interval=1.0, connect_timeout=2.0, marker_channel=None, event_map=None, on_result=None,
-                 on_status=None, history=600, poll_interval=0.001):
+                 on_status=None, history=600, poll_interval=0.001, calibration_s=None):
         self.model = model
         self.source = source
         self.config = model_preprocessing(model)
@@ -971,6 +982,10 @@ class RealtimeDecoder:
         self.on_result = on_result
         self.on_status = on_status
         self.poll_interval = float(poll_interval)
+        self.calibration_s = self._check_calibration(calibration_s)
+        self.calibrated = False
+        self._calibration_windows = []
+        self._last_calibration_sample = 0
         self.history = collections.deque(maxlen=int(history))
         self.latency = LatencyStats()
         self.labels = LabelTracker(self.event_map)
@@ -1059,12 +1074,13 @@ class RealtimeDecoder:
         return list(self.labels.annotations)
 
     def summary(self):
-        """Figures of the run so far: windows, latency, reconnects, accuracy."""
+        """Figures of the run so far: windows, latency, reconnects, accuracy, calibration."""
         stats = self.latency.summary()
         return {"windows": self._index, "latency_p50_ms": stats["p50_ms"], "latency_p99_ms": stats["p99_ms"],
                 "latency_max_ms": stats["max_ms"], "compilations": self.n_compilations,
                 "reconnects": self.n_reconnects, "accuracy": self.labels.accuracy,
-                "n_labelled": self.labels.n_labelled, "status": self.status, "last_error": self.last_error}
+                "n_labelled": self.labels.n_labelled, "status": self.status, "last_error": self.last_error,
+                "calibrated": self.calibrated}
 
     # ------------------------------------------------------------------ helpers
     def _check_window(self, window_s, hop_s):
@@ -1075,6 +1091,42 @@ class RealtimeDecoder:
         if not (hop_s > 0 and math.isfinite(hop_s)) or round(hop_s * sfreq) < 1:
             raise ConfigError(f"hop_s must span at least one sample at {sfreq:g} Hz, got {hop_s!r} s")
         return window_s, hop_s
+
+    def _check_calibration(self, calibration_s):
+        if calibration_s is None:
+            return None
+        if not calibration_s >= 2 * self.window_s:
+            raise ValueError(f"calibration_s must cover at least two windows ({2 * self.window_s:g} s), "
+                             f"got {calibration_s!r}")
+        encoder = getattr(self.model, "encoder_", None)
+        if not getattr(encoder, "recenter", False):
+            raise ValueError("calibration_s needs a model that re-centres subjects (encoding='tangent_space', "
+                             "recenter=True)")
+        return float(calibration_s)
+
+    def _calibrate_step(self, n_window):
+        """Collect a window of the new user; calibrate the model once ``calibration_s`` have streamed."""
+        buffer, step = self._buffer, max(1, n_window // 2)
+        # Windows ending every half window since the last one cut; samples can arrive in
+        # large chunks (e.g. while the decoder compiled), so cut every window still held.
+        oldest_end = buffer.n_written - buffer.n_available + n_window
+        ends = range(max(self._last_calibration_sample + step, oldest_end), buffer.n_written + 1, step)
+        if len(ends):
+            start = ends[0] - n_window  # sample index (since the buffer was cleared) of recent[:, 0]
+            recent = buffer.latest(buffer.n_written - start)[0]
+            self._calibration_windows += [recent[:, end - n_window - start:end - start] for end in ends]
+            self._last_calibration_sample = ends[-1]
+        streamed = buffer.n_written / self.meta.sfreq
+        self._set_status("calibrating", f"aligning to this user: {min(streamed, self.calibration_s):.0f} of "
+                                        f"{self.calibration_s:g} s of unlabelled EEG")
+        if streamed < self.calibration_s:
+            return
+        windows = [w for w in self._calibration_windows if w.shape[-1] == n_window]  # the window may have changed
+        self.model.calibrate(np.stack(windows))
+        n_windows = len(windows)
+        self.calibrated, self._calibration_windows = True, []
+        self._set_status("paused" if self.paused else "connected",
+                         f"{self._connected_message()}; calibrated on {n_windows} windows")
 
     def _set_status(self, status, message):
         changed = (status, message) != (self.status, self.status_message)
@@ -1126,6 +1178,7 @@ class RealtimeDecoder:
         self._marker_buffer = RingBuffer(1, capacity, np.float64) if marker_index is not None else None
         self._marker_index = marker_index
         self._preprocessor = preprocessor
+        self._last_calibration_sample = 0  # the buffer starts empty
         self.meta = meta
 
     def _connect(self):
@@ -1229,7 +1282,10 @@ class RealtimeDecoder:
                 ready = buffer.n_written - last_decoded >= n_hop and buffer.n_written >= n_window
                 if ready and not self.paused:
                     last_decoded = buffer.n_written
-                    self._decode(n_window)
+                    if self.calibration_s is not None and not self.calibrated:
+                        self._calibrate_step(n_window)
+                    else:
+                        self._decode(n_window)
                 elif data is None:
                     self._stop.wait(self.poll_interval)
         except Exception as err:  # noqa: BLE001 - report instead of dying silently
@@ -1270,7 +1326,8 @@ class RealtimeDecoder:
         result = DecodeResult(
             index=self._index, window_start=start, window_end=end, window_s=window_s, hop_s=self.hop_s,
             probabilities=np.asarray(out["probabilities"][0]), prediction=predicted,
-            class_name=self.class_names[predicted], first_spike_times=np.asarray(out["first_spike_times"][0]),
+            class_name=self.class_names[predicted], votes=np.asarray(out["votes"][0]),
+            first_spike_times=np.asarray(out["first_spike_times"][0]),
             spike_times=tuple(np.asarray(t[0]) for t in out["spike_times"]),
             spike_sources=tuple(np.asarray(s[0]) for s in out["spike_sources"]),
             spike_counts=counts, firing_rates=tuple(c / window_s for c in counts),

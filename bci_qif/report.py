@@ -38,7 +38,7 @@ _SCORE_COLUMNS = [
     "fit_seconds",
 ]
 # Columns a spiking model may add through its ``spiking_metrics`` hook.
-_SPIKING_COLUMNS = ["acc_ord", "silent_fraction", "spikes_per_trial"]
+_SPIKING_COLUMNS = ["acc_ord", "silent_fraction", "spikes_per_trial", "window_acc", "window_acc_ord"]
 _CURVE_COLUMNS = ["loss", "acc", "acc_ord", "silent_fraction"]
 _REQUIRED = ["subject", "pipeline", "fold", "accuracy"]
 # Below this many subjects an exact two-sided Wilcoxon test cannot reach p < 0.05
@@ -244,7 +244,8 @@ def _plot_histories(histories: pd.DataFrame, path: Path) -> None:
     for ax, column in zip(axes, columns):
         for k, (name, table) in enumerate(histories.groupby("pipeline", sort=False)):
             colour = colours[k % len(colours)]
-            for _, run in table.groupby("_run"):  # one thin line per subject/fold
+            runs = ["_run", "member"] if "member" in table.columns else ["_run"]
+            for _, run in table.groupby(runs):  # one thin line per subject/fold (and ensemble member)
                 ax.plot(run["epoch"], run[column], color=colour, alpha=0.25, linewidth=0.8)
             mean = table.groupby("epoch")[column].mean()
             ax.plot(mean.index, mean.to_numpy(), color=colour, linewidth=2, label=name)

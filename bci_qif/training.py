@@ -314,7 +314,10 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
 
     last_good = (state.params, state.opt_state)  # parameters known to simulate within budget
     initial_params = state.params
-    bar = tqdm(range(state.epoch, config.epochs), initial=state.epoch, total=config.epochs,
+    stopped_early = (config.patience is not None and validation is not None
+                     and state.epochs_since_best >= config.patience)
+    last_epoch = state.epoch if stopped_early else config.epochs  # a resumed run that had stopped stays stopped
+    bar = tqdm(range(state.epoch, last_epoch), initial=state.epoch, total=config.epochs,
                desc=f"train {neuron.name}", disable=not progress, leave=False)
     for epoch in bar:
         rng = np.random.default_rng((config.seed, epoch))  # resumable shuffling

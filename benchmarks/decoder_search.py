@@ -38,12 +38,13 @@ from bci_qif.protocols import cross_subject_splits, within_subject_splits
 # Settings shared by the tangent-space variants (a static feature vector presented
 # as a nearly constant current): tau 0.5 s so that 10 Hz frames (0.2 tau apart) are
 # smoothed by the synapse (tau/2) into a steady drive over the 3 s trial (6 tau).
+# One network unless a variant says otherwise (n_members).
 TS_BASE = dict(encoding="tangent_space", n_components=None, rate_hz=10.0, tau=0.5, hidden_layer_sizes=(16,),
                weight_scale=2.0, bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, readout_tau=1.0,
-               gamma=0.01, input_noise=0.0)
+               gamma=0.01, input_noise=0.0, n_members=1)
 
 VARIANTS = {
-    "default": {},
+    "default": {},  # QIFClassifier(): the shipped default (configs/default.yaml)
     "ts_h16": dict(TS_BASE),
     "ts_h16_pca32": dict(TS_BASE, n_components=32),
     "ts_h16_pca16": dict(TS_BASE, n_components=16),
@@ -79,7 +80,8 @@ VARIANTS = {
     "ts_h0_ws1_b1_rc_noise2": dict(TS_BASE, hidden_layer_sizes=(), readout_tau=3.0, weight_scale=1.0, bias=1.0,
                                    recenter=True, input_noise=2.0),
     "ts_h16_rc_noise3": dict(TS_BASE, recenter=True, input_noise=3.0),
-    # Soft vote of networks that differ only in their seed (initial weights, batches, noise).
+    # Soft vote of networks that differ only in their seed (initial weights, batches, noise);
+    # ens3 is the shipped default since the sixth session.
     "ts_h16_rc_noise2_ens3": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=3),
     "ts_h16_rc_noise2_ens5": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=5),
     "ts_lr": "baseline",
@@ -88,55 +90,10 @@ VARIANTS = {
 }
 
 
-class SeedEnsemble:
-    """Networks differing only in ``random_state``, combined by soft voting.
-
-    A screen, not a product feature: the class is the argmax of the members' mean
-    ``softmax(-t / readout_tau)``; the spiking decision (acc_ord) is the majority of
-    the members' earliest ordinary output spikes, none when under half the members
-    fired one inside the trial.
-    """
-
-    def __init__(self, n_members, **options):
-        self.members = [QIFClassifier(**dict(options, random_state=seed)) for seed in range(n_members)]
-
-    def fit(self, X, y, groups=None):
-        for member in self.members:
-            member.fit(X, y, groups=groups)
-        self.classes_ = self.members[0].classes_
-        return self
-
-    def _votes(self, X, groups):
-        """Soft-vote class index and each member's earliest ordinary output spike (-1: none)."""
-        proba, votes = 0.0, []
-        for member in self.members:
-            metrics = member._simulate(X, groups)
-            t = metrics["first_spike_times"]
-            logits = -t / member.readout_tau
-            expd = np.exp(logits - logits.max(axis=1, keepdims=True))
-            proba = proba + expd / expd.sum(axis=1, keepdims=True)
-            t_ord = np.where(metrics["ordinary"], t, np.inf)
-            votes.append(np.where(np.isfinite(t_ord).any(axis=1), np.argmin(t_ord, axis=1), -1))
-        return np.argmax(proba, axis=1), np.asarray(votes)
-
-    def predict(self, X, groups=None):
-        return self.classes_[self._votes(X, groups)[0]]
-
-    def spiking_metrics(self, X, y, groups=None):
-        predicted, votes = self._votes(X, groups)
-        counts = np.stack([(votes == k).sum(axis=0) for k in range(len(self.classes_))], axis=1)
-        decided = counts.max(axis=1) * 2 > len(self.members)
-        predicted_ord = np.where(decided, counts.argmax(axis=1), -1)
-        return {"acc_ord": float(np.mean(predicted_ord == np.searchsorted(self.classes_, y)))}
-
-
 def make_model(name, sfreq):
     spec = VARIANTS[name]
     if spec == "baseline":
         return make_baseline(name, sfreq=sfreq)
-    if "n_members" in spec:
-        options = dict(spec, sfreq=sfreq)
-        return SeedEnsemble(options.pop("n_members"), **options)
     return QIFClassifier(**dict(spec, sfreq=sfreq))
 
 
@@ -144,7 +101,7 @@ def _score(model, X, y, groups, routed):
     """acc and acc_ord of a fitted model (acc_ord = acc for non-spiking baselines)."""
     import sklearn
 
-    if isinstance(model, (QIFClassifier, SeedEnsemble)):
+    if isinstance(model, QIFClassifier):
         y_pred = model.predict(X, groups=groups)
         acc_ord = model.spiking_metrics(X, y, groups=groups)["acc_ord"]
     else:
@@ -157,7 +114,7 @@ def _score(model, X, y, groups, routed):
 def _fit(model, X, y, groups, routed):
     import sklearn
 
-    if isinstance(model, (QIFClassifier, SeedEnsemble)):
+    if isinstance(model, QIFClassifier):
         return model.fit(X, y, groups=groups)
     with sklearn.config_context(enable_metadata_routing=True):
         return model.fit(X, y, **({"groups": groups} if routed else {}))
@@ -193,26 +150,13 @@ def run_split(name, X, y, subjects, sfreq, split, protocol, seed):
         rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=acc, acc_ord=acc_ord,
                          failed=0))
         if part == "outer" and isinstance(model, QIFClassifier):
+            # 2 s windows at 0, 0.5 and 1 s into each test trial, decoded as the GUI does.
+            windows = model.window_scores(X[score_idx], y[score_idx], window_s=2.0, step_s=0.5)
             rows.append(dict(variant=name, subject=subject, fold=fold, part="window2s",
-                             **_window_scores(model, X[score_idx], y[score_idx], sfreq)))
+                             accuracy=windows["window_acc"], acc_ord=windows["window_acc_ord"], failed=0))
     for row in rows:
         row["seconds"] = time.perf_counter() - t0
     return rows
-
-
-def _window_scores(model, X, y, sfreq, length_s=2.0, offsets_s=(0.0, 0.5, 1.0)):
-    """acc / acc_ord on 2 s windows cut from the test trials (what the GUI decodes)."""
-    n = int(round(length_s * sfreq))
-    correct = correct_ord = 0
-    for offset in offsets_s:
-        start = int(round(offset * sfreq))
-        result = model.decode_windows(X[:, :, start:start + n])
-        hit = result["prediction"] == y
-        fired = result["ordinary"][np.arange(len(y)), result["predicted_index"]]
-        correct += int(hit.sum())
-        correct_ord += int((hit & fired).sum())
-    total = len(y) * len(offsets_s)
-    return dict(accuracy=correct / total, acc_ord=correct_ord / total)
 
 
 def summarize(results):

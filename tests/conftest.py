@@ -35,7 +35,9 @@ def model_path(tmp_path_factory, data_root) -> Path:
     path = tmp_path_factory.getbasetemp() / "realtime_model" / "model.npz"
     if not path.exists():
         trials = load_eegbci([1], data_dir=data_root)
-        small = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
+        # Two members: the real-time path decodes with an ensemble, as the shipped default does.
+        small = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2,
+                     n_members=2)
         clf = QIFClassifier(**small).fit(trials.to_epochs(), trials.labels)
         path.parent.mkdir(exist_ok=True)
         clf.save(path, context={"preprocessing": trials.config, "class_names": trials.class_names,

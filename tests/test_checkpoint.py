@@ -15,8 +15,9 @@ from bci_qif import QIFClassifier
 from bci_qif.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from bci_qif.datasets import load_eegbci
 
-SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2)
-N_EPOCHS, INTERRUPT_AFTER = 4, 2
+# Two-network ensembles: a checkpoint holds the training state of every started member.
+SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, n_members=2)
+N_EPOCHS = 4
 
 
 def _leaves(params):
@@ -126,7 +127,7 @@ def trials(data_root):
 
 @pytest.fixture(scope="module")
 def uninterrupted(trials, tmp_path_factory):
-    """A 4-epoch fit writing a checkpoint after every epoch."""
+    """A 4-epoch fit of two members writing a checkpoint after every epoch."""
     path = tmp_path_factory.mktemp("uninterrupted") / "checkpoint.npz"
     clf = QIFClassifier(**SMALL, epochs=N_EPOCHS).fit(trials.to_epochs(), trials.labels, checkpoint=path)
     return clf, path
@@ -146,7 +147,9 @@ def test_save_load_predictions_identical(uninterrupted, trials, tmp_path):
     assert (loaded.sfreq_, loaded.ch_names_, loaded.n_channels_, loaded.T_) == (
         clf.sfreq_, clf.ch_names_, clf.n_channels_, clf.T_)
     np.testing.assert_array_equal(loaded.classes_, clf.classes_)
-    _assert_same_params(loaded.params_, clf.params_)
+    assert len(loaded.members_) == 2 and loaded.n_members == 2
+    for mine, theirs in zip(loaded.members_, clf.members_):
+        _assert_same_params(mine, theirs)
     np.testing.assert_array_equal(loaded.predict(trials.data), clf.predict(trials.data))
     np.testing.assert_array_equal(loaded.predict_proba(trials.data), clf.predict_proba(trials.data))
     np.testing.assert_array_equal(loaded.decision_function(trials.data), clf.decision_function(trials.data))
@@ -155,10 +158,30 @@ def test_save_load_predictions_identical(uninterrupted, trials, tmp_path):
 def test_training_checkpoint_loads_as_model(uninterrupted, trials):
     clf, path = uninterrupted
     arrays, meta = load_checkpoint(path)
-    assert meta["training"]["epoch"] == N_EPOCHS and len(meta["training"]["history"]) == N_EPOCHS
-    assert any(key.startswith("train/opt/") for key in arrays)
+    assert [member["epoch"] for member in meta["training"]["members"]] == [N_EPOCHS, N_EPOCHS]
+    assert all(len(member["history"]) == N_EPOCHS for member in meta["training"]["members"])
+    assert any(key.startswith("train/0/opt/") for key in arrays) and any(key.startswith("train/1/opt/")
+                                                                          for key in arrays)
     loaded = QIFClassifier.load(path)
+    assert loaded.history_ == clf.history_
     np.testing.assert_array_equal(loaded.predict_proba(trials.data), clf.predict_proba(trials.data))
+
+
+def test_a_single_network_file_from_before_ensembles_loads(uninterrupted, trials, tmp_path):
+    # Files written before ensembles held one network under model/<leaf> and no member count.
+    clf, _ = uninterrupted
+    clf.save(tmp_path / "model.npz")
+    arrays, meta = load_checkpoint(tmp_path / "model.npz")
+    old_arrays = {key: value for key, value in arrays.items() if not key.startswith("model/")}
+    old_arrays.update({f"model/{k}": leaf for k, leaf in enumerate(_leaves(clf.members_[0]))})
+    del meta["n_fitted_members"], meta["estimator_params"]["n_members"], meta["format_version"]
+    save_checkpoint(tmp_path / "old.npz", old_arrays, meta)
+    old = QIFClassifier.load(tmp_path / "old.npz")
+    assert old.n_members == 1 and len(old.members_) == 1
+    _assert_same_params(old.params_, clf.members_[0])
+    first_member = QIFClassifier.load(tmp_path / "model.npz")
+    first_member.members_ = first_member.members_[:1]
+    np.testing.assert_array_equal(old.predict_proba(trials.data), first_member.predict_proba(trials.data))
 
 
 def test_load_refuses_other_checkpoints(tmp_path):
@@ -178,31 +201,36 @@ def test_load_keeps_an_integer_hidden_layer_size(trials, tmp_path):
 
 
 # --- resume --------------------------------------------------------------------------------------
-def test_resume_after_interruption_matches_uninterrupted_run(uninterrupted, trials, tmp_path, monkeypatch):
+@pytest.mark.parametrize("member, epoch", [(0, 2), (0, N_EPOCHS), (1, 2)])
+def test_resume_after_interruption_matches_uninterrupted_run(uninterrupted, trials, tmp_path, monkeypatch,
+                                                             member, epoch):
+    # Interrupted inside the first member, right after it finished, and inside the second.
     reference, _ = uninterrupted
     path = tmp_path / "checkpoint.npz"
     epochs = trials.to_epochs()
     real_write = QIFClassifier._write
 
-    def write_then_interrupt(self, checkpoint, state):
-        real_write(self, checkpoint, state)
-        if state.epoch == INTERRUPT_AFTER:
+    def write_then_interrupt(self, checkpoint, states):
+        real_write(self, checkpoint, states)
+        if (len(states) - 1, states[-1].epoch) == (member, epoch):
             raise KeyboardInterrupt  # as if Ctrl-C arrived right after the checkpoint
 
     monkeypatch.setattr(QIFClassifier, "_write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         QIFClassifier(**SMALL, epochs=N_EPOCHS).fit(epochs, trials.labels, checkpoint=path)
     monkeypatch.undo()
-    _, meta = load_checkpoint(path)
-    assert meta["training"]["epoch"] == INTERRUPT_AFTER
+    started = load_checkpoint(path)[1]["training"]["members"]
+    assert len(started) == member + 1 and started[-1]["epoch"] == epoch
 
     resumed = QIFClassifier(**SMALL, epochs=N_EPOCHS).fit(epochs, trials.labels, checkpoint=path, resume=True)
-    # Same parameters as never stopping: optimizer moments, step count (learning-rate
-    # schedule) and the per-epoch shuffling were all restored.
-    _assert_same_params(resumed.params_, reference.params_)
-    assert [row["epoch"] for row in resumed.history_] == list(range(1, N_EPOCHS + 1))
+    # Same parameters as never stopping: finished members kept, optimizer moments, step
+    # count (learning-rate schedule) and the per-epoch shuffling restored.
+    for mine, theirs in zip(resumed.members_, reference.members_, strict=True):
+        _assert_same_params(mine, theirs)
+    assert [(row["member"], row["epoch"]) for row in resumed.history_] == [
+        (m, e) for m in (0, 1) for e in range(1, N_EPOCHS + 1)]
     assert resumed.history_ == reference.history_
-    assert load_checkpoint(path)[1]["training"]["epoch"] == N_EPOCHS
+    assert [m["epoch"] for m in load_checkpoint(path)[1]["training"]["members"]] == [N_EPOCHS, N_EPOCHS]
 
 
 def test_without_resume_an_existing_checkpoint_is_overwritten(uninterrupted, trials, tmp_path):
@@ -210,7 +238,8 @@ def test_without_resume_an_existing_checkpoint_is_overwritten(uninterrupted, tri
     path = tmp_path / "checkpoint.npz"
     path.write_bytes(source.read_bytes())
     clf = QIFClassifier(**SMALL, epochs=1).fit(trials.to_epochs(), trials.labels, checkpoint=path)
-    assert len(clf.history_) == 1 and load_checkpoint(path)[1]["training"]["epoch"] == 1
+    assert len(clf.history_) == 2
+    assert [m["epoch"] for m in load_checkpoint(path)[1]["training"]["members"]] == [1, 1]
 
 
 def test_resume_with_different_hyperparameters_is_an_error(uninterrupted, trials):
@@ -218,6 +247,31 @@ def test_resume_with_different_hyperparameters_is_an_error(uninterrupted, trials
     clf = QIFClassifier(**dict(SMALL, learning_rate=1e-3), epochs=N_EPOCHS)
     with pytest.raises(ValueError, match="learning_rate"):
         clf.fit(trials.to_epochs(), trials.labels, checkpoint=path, resume=True)
+
+
+def test_resume_can_add_members_and_epochs(uninterrupted, trials, tmp_path):
+    # Members are trained in order, so a 2-member run resumed as 3 members of one more epoch
+    # continues both finished members by an epoch and trains the third from its start.
+    reference, source = uninterrupted
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(source.read_bytes())
+    epochs = trials.to_epochs()
+    grown = QIFClassifier(**dict(SMALL, n_members=3), epochs=N_EPOCHS + 1).fit(epochs, trials.labels,
+                                                                               checkpoint=path, resume=True)
+    assert [(row["member"], row["epoch"]) for row in grown.history_] == [
+        (m, e) for m in range(3) for e in range(1, N_EPOCHS + 2)]
+    for member in (0, 1):  # the first epochs are the checkpoint's
+        kept = [row for row in grown.history_ if row["member"] == member][:N_EPOCHS]
+        assert kept == [row for row in reference.history_ if row["member"] == member]
+    third = QIFClassifier(**dict(SMALL, n_members=1, random_state=2), epochs=N_EPOCHS + 1).fit(epochs, trials.labels)
+    _assert_same_params(grown.members_[2], third.params_)
+
+
+def test_resume_on_data_of_another_shape_is_an_error(uninterrupted, trials):
+    _, path = uninterrupted
+    with pytest.raises(ValueError, match="layer sizes"):  # 32 channels: 528 tangent features, not 2080
+        fewer_channels = trials.to_epochs().pick(trials.ch_names[:32])
+        QIFClassifier(**SMALL, epochs=N_EPOCHS).fit(fewer_channels, trials.labels, checkpoint=path, resume=True)
 
 
 def test_resume_from_a_model_file_is_an_error(uninterrupted, trials, tmp_path):

@@ -24,7 +24,7 @@ SMALL_CONFIG = {
     "dataset": {"task": "left_right_imagery", "subjects": [1]},
     "preprocessing": {"bandpass": [8.0, 30.0], "tmin": 0.0, "tmax": 3.0},
     "model": {"neuron": "qif", "hidden_layer_sizes": [16], "batch_size": 15, "readout_tau": 5.0,
-              "learning_rate": 0.03, "epochs": 2, "random_state": 0},
+              "learning_rate": 0.03, "epochs": 2, "n_members": 2, "random_state": 0},
     "training": {"validation_fraction": 0.0, "patience": None},
     "evaluation": {"protocol": "within-subject", "n_splits": 2, "pipelines": ["qif", "csp_lda"], "seed": 42},
 }
@@ -62,11 +62,11 @@ def test_train_writes_every_output(train_run, capsys):
         assert (out / name).is_file(), name
     assert _is_png(out / "training_curves.png")
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [1, 2]
+    assert list(zip(history["member"], history["epoch"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert {"loss", "acc", "acc_ord", "silent_fraction", "grad_norm", "n_nonfinite"} <= set(history.columns)
     assert (history["n_nonfinite"] == 0).all()
     _, meta = load_checkpoint(out / "checkpoint.npz")
-    assert meta["training"]["epoch"] == 2
+    assert [member["epoch"] for member in meta["training"]["members"]] == [2, 2]
 
 
 def test_trained_model_carries_what_a_decoder_needs(train_run):
@@ -84,21 +84,22 @@ def test_interrupted_train_resumes_to_the_same_model(train_run, config_file, dat
     _, reference = train_run
     real_write = QIFClassifier._write
 
-    def write_then_interrupt(self, checkpoint, state):
-        real_write(self, checkpoint, state)
+    def write_then_interrupt(self, checkpoint, *progress):
+        real_write(self, checkpoint, *progress)
         raise KeyboardInterrupt  # Ctrl-C right after the first checkpoint
 
     monkeypatch.setattr(QIFClassifier, "_write", write_then_interrupt)
     assert cli.main(_train_args(config_file, tmp_path, data_root)) == 130
     monkeypatch.undo()
     assert "--resume" in capsys.readouterr().err
-    assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["training"]["epoch"] == 1
+    assert [m["epoch"] for m in load_checkpoint(tmp_path / "checkpoint.npz")[1]["training"]["members"]] == [1]
     assert not (tmp_path / "model.npz").exists()
 
     assert cli.main(_train_args(config_file, tmp_path, data_root, "--resume")) == 0
-    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2]
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 1, 2]  # two members
     resumed, uninterrupted = (QIFClassifier.load(p / "model.npz") for p in (tmp_path, reference))
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.params_), jax.tree_util.tree_leaves(uninterrupted.params_)):
+    assert len(resumed.members_) == len(uninterrupted.members_) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.members_), jax.tree_util.tree_leaves(uninterrupted.members_)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -109,7 +110,7 @@ def test_resume_can_extend_a_finished_run(train_run, config_file, data_root, tmp
     args = _train_args(config_file, tmp_path, data_root, "--resume")
     args[args.index("--epochs") + 1] = "3"
     assert cli.main(args) == 0
-    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3]
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3, 1, 2, 3]  # both members extended
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_evaluate_writes_results_report_and_figures(evaluate_run):
     assert code == 0
     results = pd.read_csv(out / "results.csv")
     required = ["subject", "pipeline", "fold", "accuracy", "balanced_accuracy", "kappa", "roc_auc", "f1",
-                "itr_bits_per_min", "acc_ord", "silent_fraction"]
+                "itr_bits_per_min", "acc_ord", "silent_fraction", "window_acc", "window_acc_ord"]
     assert set(required) <= set(results.columns), sorted(set(required) - set(results.columns))
     # One row per subject x pipeline x fold.
     assert len(results) == 2 * 3 * 2
@@ -138,6 +139,9 @@ def test_evaluate_writes_results_report_and_figures(evaluate_run):
     assert results["kappa"].between(-1, 1).all() and (results["itr_bits_per_min"] >= 0).all()
     qif = results[results["pipeline"] == "qif"]
     assert qif["acc_ord"].between(0, 1).all() and qif["silent_fraction"].between(0, 1).all()
+    # 2 s sliding windows (what the GUI decodes) are scored for the spiking pipeline only.
+    assert qif["window_acc"].between(0, 1).all() and qif["window_acc_ord"].between(0, 1).all()
+    assert results.loc[results["pipeline"] != "qif", "window_acc"].isna().all()
 
     report = (out / "report.md").read_text()
     for name in ("qif", "csp_lda", "ts_lr"):

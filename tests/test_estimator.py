@@ -5,9 +5,11 @@ per (neuron, trial length, batch shape, event budget): every fit here uses ``SMA
 (16 hidden neurons, batches of 15, 3 s trials) so that one compilation serves them all.
 """
 
+import copy
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -20,9 +22,11 @@ from sklearn.utils import estimator_checks
 import bci_qif
 from bci_qif import QIFClassifier
 from bci_qif.datasets import load_eegbci
+from bci_qif.estimator import ordinary_vote, soft_vote
 
 # 45 trials of subject 1: batches of 15 divide them; 2 epochs are enough for contract tests.
-SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2)
+# One network (n_members=1) for the contract tests; the ensemble tests below use two.
+SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=2, n_members=1)
 
 
 @pytest.fixture(scope="module")
@@ -219,10 +223,10 @@ def test_single_class_is_an_error(trials):
 
 
 @pytest.mark.parametrize("param, value", [("neuron", "izhikevich"), ("dtype", "float16"), ("encoding", "wavelets"),
-                                          ("tau", 0.0)])
+                                          ("tau", 0.0), ("n_members", 0), ("n_members", 1.5)])
 def test_bad_hyperparameters_are_named(trials, param, value):
     with pytest.raises(ValueError, match=param):
-        QIFClassifier(**SMALL, sfreq=trials.sfreq, **{param: value}).fit(trials.data, trials.labels)
+        QIFClassifier(**dict(SMALL, **{param: value}), sfreq=trials.sfreq).fit(trials.data, trials.labels)
 
 
 def test_predict_rejects_other_channels_or_sfreq(fitted, trials, epochs):
@@ -241,7 +245,8 @@ def test_tangent_space_decoder_learns_round_trips_and_decodes_windows(trials, tm
     # input noise: the default (2, tuned for all 2080 features) would drown 16 components.
     clf = QIFClassifier(encoding="tangent_space", n_components=16, rate_hz=10.0, tau=0.5,
                         hidden_layer_sizes=(16,), batch_size=15, epochs=20, learning_rate=1e-2,
-                        readout_tau=1.0, input_noise=0.0, sfreq=trials.sfreq).fit(trials.data, trials.labels)
+                        readout_tau=1.0, input_noise=0.0, n_members=1, sfreq=trials.sfreq).fit(trials.data,
+                                                                                                trials.labels)
     assert clf.score(trials.data, trials.labels) > 0.8
     assert clf.spiking_metrics(trials.data, trials.labels)["acc_ord"] > 0.8
     clf.save(tmp_path / "ts.npz")
@@ -250,3 +255,114 @@ def test_tangent_space_decoder_learns_round_trips_and_decodes_windows(trials, tm
     # Shorter sliding windows (the real-time decoder's 2 s) go through the same encoder.
     windows = loaded.decode_windows(trials.data[:3, :, :320])
     assert windows["probabilities"].shape == (3, 2) and windows["window_s"] == 2.0
+
+
+# --- a new user's alignment ----------------------------------------------------------------------
+def test_calibrate_aligns_windows_like_an_unseen_subject_and_can_be_undone(fitted, trials):
+    model = copy.deepcopy(fitted)  # calibration is session state: keep the shared fixture untouched
+    windows = trials.data[:12, :, 80:400]
+    before = model.decode_windows(windows)["probabilities"]
+    as_new_subject = model.decode_windows(windows, groups=np.full(12, 99))["probabilities"]
+    assert not np.allclose(before, as_new_subject)  # subject 1's training mean vs these windows' own mean
+    model.calibrate(windows)
+    np.testing.assert_allclose(model.decode_windows(windows)["probabilities"], as_new_subject, rtol=1e-6)
+    model.calibrate(None)
+    np.testing.assert_allclose(model.decode_windows(windows)["probabilities"], before, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        model.calibrate(windows[:1])
+
+
+def test_calibrate_needs_a_recentring_tangent_space_encoder(trials):
+    from bci_qif.encoding import TangentSpaceEncoder
+
+    encoder = TangentSpaceEncoder(sfreq=trials.sfreq, recenter=False).fit(trials.data, trials.labels)
+    with pytest.raises(ValueError, match="recenter=True"):
+        encoder.calibrate(trials.data[:4])
+
+
+# --- seed ensembles ----------------------------------------------------------------------------
+def test_soft_vote_is_the_mean_of_the_members_softmax():
+    t = np.array([[[0.2, 1.0], [3.0, 0.5]], [[0.9, 0.1], [2.0, 2.5]], [[0.0, 40.0], [1.0, 1.0]]])
+    member_proba = np.exp(-t / 2.0) / np.exp(-t / 2.0).sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(soft_vote(t, 2.0)), member_proba.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(np.exp(soft_vote(t[:1], 2.0)), member_proba[0], rtol=1e-12)
+    # A class far behind keeps a finite log-probability (no log(0)).
+    assert np.all(np.isfinite(soft_vote(np.array([[[0.0, 1e4]]]), 1.0)))
+
+
+def test_ordinary_vote_needs_a_majority_of_ordinary_spikes():
+    # 3 members x 4 trials x 2 classes.
+    t = np.array([[[0.1, 0.2], [0.3, 0.1], [0.1, 0.2], [7.0, 9.0]],
+                  [[0.1, 0.2], [0.2, 0.1], [0.3, 0.2], [7.0, 9.0]],
+                  [[0.2, 0.1], [0.1, 0.3], [7.0, 8.0], [7.0, 9.0]]])
+    ordinary = t < 5.0  # later first spikes are pseudospikes after the trial
+    # trial 0: 0, 0, 1 -> 0; trial 1: 1, 1, 0 -> 1; trial 2: 0, 1, none -> no majority; trial 3: none fired.
+    np.testing.assert_array_equal(ordinary_vote(t, ordinary), [0, 1, -1, -1])
+    # One member: its earliest ordinary spike, as acc_ord of a single network.
+    np.testing.assert_array_equal(ordinary_vote(t[:1], ordinary[:1]), [0, 1, 0, -1])
+    # Two members that disagree decide nothing.
+    np.testing.assert_array_equal(ordinary_vote(t[1:], ordinary[1:]), [-1, -1, -1, -1])
+
+
+@pytest.fixture(scope="module")
+def ensemble(trials, epochs):
+    return QIFClassifier(**dict(SMALL, n_members=2)).fit(epochs, trials.labels)
+
+
+@pytest.fixture(scope="module")
+def second_seed(trials, epochs):
+    """The network the ensemble's second member must be: one network with seed 1."""
+    return QIFClassifier(**dict(SMALL, random_state=1)).fit(epochs, trials.labels)
+
+
+def _same_params(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_ensemble_members_are_the_networks_of_consecutive_seeds(ensemble, fitted, second_seed, epochs, trials):
+    assert len(ensemble.members_) == 2 and ensemble.params_ is ensemble.members_[0]
+    assert _same_params(ensemble.members_[0], fitted.params_)
+    assert _same_params(ensemble.members_[1], second_seed.params_)
+    assert not _same_params(ensemble.members_[0], ensemble.members_[1])
+    assert [row["member"] for row in ensemble.history_] == [0, 0, 1, 1]
+    assert [row["epoch"] for row in ensemble.history_] == [1, 2, 1, 2]
+    # The ensemble's probabilities are the mean of its members' (soft vote) ...
+    proba = ensemble.predict_proba(epochs)
+    np.testing.assert_allclose(proba, (fitted.predict_proba(epochs) + second_seed.predict_proba(epochs)) / 2,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(ensemble.predict(epochs), ensemble.classes_[np.argmax(proba, axis=1)])
+    decision = ensemble.decision_function(epochs)
+    np.testing.assert_allclose(decision, np.log(proba[:, 1]) - np.log(proba[:, 0]), rtol=1e-6, atol=1e-9)
+    # ... and its spiking decision needs both members' earliest ordinary spikes to agree.
+    outputs = [m._simulate(epochs) for m in (fitted, second_seed)]
+    t = np.stack([o[0]["first_spike_times"] for o in outputs])
+    ordinary = np.stack([o[0]["ordinary"] for o in outputs])
+    expected = np.mean(ordinary_vote(t, ordinary) == trials.labels)
+    assert ensemble.spiking_metrics(epochs, trials.labels)["acc_ord"] == pytest.approx(expected)
+
+
+def test_ensemble_decodes_windows_with_votes_and_shows_the_first_member(ensemble, fitted, second_seed, trials):
+    windows = trials.data[:5, :, 80:400]
+    out = ensemble.decode_windows(windows)
+    first, second = fitted.decode_windows(windows), second_seed.decode_windows(windows)
+    np.testing.assert_allclose(out["probabilities"], (first["probabilities"] + second["probabilities"]) / 2,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(out["predicted_index"], np.argmax(out["probabilities"], axis=1))
+    np.testing.assert_array_equal(out["votes"], np.stack([first["ordinary_vote"], second["ordinary_vote"]], axis=1))
+    agree = out["votes"][:, 0] == out["votes"][:, 1]
+    np.testing.assert_array_equal(out["ordinary_vote"], np.where(agree, out["votes"][:, 0], -1))
+    for key in ("first_spike_times", "ordinary", "silent_fraction"):  # the displayed network: member 0
+        np.testing.assert_array_equal(out[key], first[key])
+
+
+def test_window_scores_decode_every_window_of_the_trials(ensemble, trials):
+    scores = ensemble.window_scores(trials.data, trials.labels, window_s=2.0, step_s=0.5)
+    hits, hits_ord = [], []
+    for start in (0, 80, 160):  # 2 s windows at 0, 0.5 and 1 s inside the 3 s trials
+        out = ensemble.decode_windows(trials.data[:, :, start:start + 320])
+        hits.append(out["predicted_index"] == trials.labels)
+        hits_ord.append(out["ordinary_vote"] == trials.labels)
+    assert scores == {"window_acc": pytest.approx(np.mean(hits)), "window_acc_ord": pytest.approx(np.mean(hits_ord))}
+    with pytest.raises(ValueError, match="do not fit trials of 3 s"):
+        ensemble.window_scores(trials.data, trials.labels, window_s=4.0)

@@ -56,6 +56,10 @@ def test_window_decodes_a_replay_pauses_recovers_and_closes_cleanly(qtbot, model
 
     # Predictions, probabilities over time, raster, firing rates and silence statistics are drawn.
     assert _text(window.decision_label).split()[0] in ("left", "right")
+    votes = decoder.history[-1].votes  # two member networks; the label says how many spiked for the decision
+    assert votes.shape == (2,) and set(votes) <= {-1, 0, 1}
+    assert "/2 networks" in _text(window.decision_label)
+    assert "network 1 of 2" in window.raster_plot.titleLabel.text
     assert "connected" in _text(window.status_label)
     assert all(len(curve.getData()[0]) >= 5 for curve in window.prob_curves)
     assert len(window.truth_scatter.getData()[0]) >= 1  # true labels from the annotations
@@ -134,10 +138,12 @@ def test_app_gui_scripted_run_writes_a_screenshot(qtbot, model_path, data_root, 
     before = set(threading.enumerate())
     png = tmp_path / "gui.png"
     code = cli.main(["gui", "--model", str(model_path.parent), "--replay", "S002R04", "--data-dir", str(data_root),
-                     "--window", str(WINDOW_S), "--hop", str(HOP_S), "--duration", "1.5", "--screenshot", str(png)])
+                     "--window", str(WINDOW_S), "--hop", str(HOP_S), "--duration", "1.5", "--screenshot", str(png),
+                     "--calibrate", "2"])  # subject 2 is new to the model (trained on subject 1)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "decode latency p50" in out and "fps" in out and "replay of S002R04.edf" in out
+    assert "aligned to this user on the first 2 s of the stream" in out
     assert png.is_file() and QtGui.QImage(str(png)).width() >= 800
     assert leftover_threads(before) == []
     QtCore.QCoreApplication.processEvents()

@@ -5,6 +5,7 @@ The model is trained on subject 1 and the replayed recording is subject 2 (run 4
 decoders use 1 s windows so that the simulation is compiled once per test session.
 """
 
+import copy
 import os
 import threading
 import time
@@ -142,6 +143,7 @@ def test_model_loading_and_window_decoding(model, model_path, tmp_path):
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
     assert out["prediction"].shape == (1,) and out["window_s"] == WINDOW_S
     assert out["prediction"][0] == model.classes_[out["predicted_index"][0]]
+    assert out["votes"].shape == (1, 2) and out["ordinary_vote"].shape == (1,)  # the session model: 2 members
     assert [c.shape for c in out["spike_counts"]] == [(1, 16), (1, 2)]
     for layer, counts in enumerate(out["spike_counts"]):
         times, sources = out["spike_times"][layer][0], out["spike_sources"][layer][0]
@@ -168,6 +170,7 @@ def test_replay_decodes_with_labels_pause_and_clean_stop(model, recording):
         assert last.window_s == WINDOW_S and last.window_end - last.window_start == pytest.approx(WINDOW_S, abs=0.02)
         np.testing.assert_allclose(last.probabilities.sum(), 1.0, rtol=1e-6)
         assert last.class_name in ("left", "right") and last.prediction in (0, 1)
+        assert last.votes.shape == (2,)
         # Raster, rates and silence statistics are consistent with each other.
         assert sum(len(r.spike_times[0]) for r in results) > 0
         for r in results:
@@ -199,6 +202,37 @@ def test_replay_decodes_with_labels_pause_and_clean_stop(model, recording):
     assert decoder.status == "stopped" and not decoder.running and source.player is None
     assert statuses[0] == "connecting" and "connected" in statuses
     assert leftover_threads(before) == []
+
+
+def test_calibration_aligns_a_new_user_before_decoding(model, recording):
+    # Subject 2 is new to the model (trained on subject 1): its first 3 s align the model first.
+    model = copy.deepcopy(model)  # calibration is session state: keep the shared model untouched
+    statuses = []
+    decoder = rt.RealtimeDecoder(model, rt.ReplaySource(recording), window_s=WINDOW_S, hop_s=HOP_S,
+                                 calibration_s=3.0,
+                                 on_status=lambda s, m: statuses.append((time.perf_counter(), s, m)))
+    decoder.start()
+    try:
+        assert decoder.wait_for(lambda: len(decoder.history) >= 3, 90)
+    finally:
+        decoder.stop()
+    assert decoder.calibrated and model.encoder_.live_mean_.shape == (64, 64)
+    assert any(s == "calibrating" and "of 3 s of unlabelled EEG" in m for _, s, m in statuses)
+    done = [(t, m) for t, s, m in statuses if s == "connected" and "calibrated on" in m]
+    assert len(done) == 1
+    # At least 3 s of 1 s windows, one every half window (more if the stream ran ahead while
+    # the decoder compiled): 5 or more windows; no decision before calibration.
+    assert int(done[0][1].split("calibrated on ")[1].split()[0]) >= 5
+    assert decoder.history[0].decoded_at > done[0][0]
+
+
+def test_calibration_needs_a_recentring_model_and_two_windows(model, recording):
+    with pytest.raises(ValueError, match="at least two windows"):
+        rt.RealtimeDecoder(model, rt.ReplaySource(recording), window_s=WINDOW_S, calibration_s=1.5)
+    fixed = copy.deepcopy(model)
+    fixed.encoder_.recenter = False
+    with pytest.raises(ValueError, match="re-centres subjects"):
+        rt.RealtimeDecoder(fixed, rt.ReplaySource(recording), window_s=WINDOW_S, calibration_s=3.0)
 
 
 def test_lost_stream_shows_disconnected_and_recovers(model, recording):

@@ -17,7 +17,7 @@ from bci_qif.training import (TrainConfig, TrainingState, _epoch_batches, _noisy
                               train)
 
 LEARN = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=3e-2, epochs=15,
-             random_state=0)
+             random_state=0, n_members=1)
 HISTORY_KEYS = {"epoch", "loss", "acc", "acc_ord", "silent_fraction", "silent_fraction_1", "grad_norm", "n_nonfinite"}
 
 
@@ -67,6 +67,26 @@ def test_validation_split_and_early_stopping(trials):
         assert len(history) >= 1 + 2
         best_before = max(row["val_acc_ord"] for row in history[:-2])
         assert all(row["val_acc_ord"] <= best_before for row in history[-2:])
+
+
+def test_a_resumed_run_that_had_stopped_early_stays_stopped():
+    # A checkpoint written at the early stop (patience used up) must not train on when resumed.
+    rng = np.random.default_rng(0)
+    times, currents = np.arange(3, dtype=np.float32), rng.normal(size=(6, 3, 4)).astype(np.float32)
+    labels = np.array([0, 1] * 3)
+    config = TrainConfig(epochs=5, batch_size=3, patience=2)
+    params = network.init(jax.random.PRNGKey(0), (4, 2))
+    optimizer = make_optimizer(config, steps_per_epoch(6, 3))
+    stopped = TrainingState(params=params, opt_state=optimizer.init(params), epoch=3, best_params=params,
+                            epochs_since_best=2)
+    state = train(params, times, currents, labels, "qif", 3.0, config, validation=(currents, labels),
+                  state=stopped, progress=False)
+    assert state.epoch == 3 and state.history == []
+    going = TrainingState(params=params, opt_state=optimizer.init(params), epoch=3, best_params=params,
+                          epochs_since_best=1)
+    state = train(params, times, currents, labels, "qif", 3.0, config, validation=(currents, labels),
+                  state=going, progress=False)
+    assert state.epoch > 3 and [row["epoch"] for row in state.history][0] == 4
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("learning_rate", 0.0),
