@@ -100,7 +100,7 @@ def cmd_train(args):
     print(f"trained {len(model.members_)} {model.neuron} network(s) on {len(trials)} trials in {elapsed:.0f} s")
     for member, rows in history.groupby("member"):
         last = rows.iloc[-1]
-        print(f"  network {member + 1}, epoch {last['epoch']}: loss {last['loss']:.3f}, acc {last['acc']:.3f}, "
+        print(f"  network {member + 1}, epoch {int(last['epoch'])}: loss {last['loss']:.3f}, acc {last['acc']:.3f}, "
               f"acc_ord {last['acc_ord']:.3f}"
               + (f", val_acc_ord {last['val_acc_ord']:.3f}" if "val_acc_ord" in last else ""))
     print(f"model written to {out / 'model.npz'}")

@@ -404,7 +404,8 @@ class DecoderWindow(QtWidgets.QMainWindow):
         colour = self.class_colours[result.prediction].name()
         votes = ""
         if len(result.votes) > 1:  # an ensemble: how many member networks' spikes named the decided class
-            votes = f", spikes of {int(np.sum(result.votes == result.prediction))}/{len(result.votes)} networks"
+            agree = int(np.sum(result.votes == result.prediction))
+            votes = f"<br>{agree}/{len(result.votes)} nets spiked"
         self.decision_label.setText(f"<span style='color:{colour}'>{_escape(result.class_name)}</span> "
                                     f"<small>{result.probabilities[result.prediction]:.2f}{votes}</small>")
         # Paint the decision now: this is the moment a user sees the prediction.

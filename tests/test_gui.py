@@ -58,7 +58,7 @@ def test_window_decodes_a_replay_pauses_recovers_and_closes_cleanly(qtbot, model
     assert _text(window.decision_label).split()[0] in ("left", "right")
     votes = decoder.history[-1].votes  # two member networks; the label says how many spiked for the decision
     assert votes.shape == (2,) and set(votes) <= {-1, 0, 1}
-    assert "/2 networks" in _text(window.decision_label)
+    assert "/2 nets spiked" in _text(window.decision_label)
     assert "network 1 of 2" in window.raster_plot.titleLabel.text
     assert "connected" in _text(window.status_label)
     assert all(len(curve.getData()[0]) >= 5 for curve in window.prob_curves)
