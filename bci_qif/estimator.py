@@ -469,11 +469,24 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         y_index = np.searchsorted(self.classes_, np.asarray(y))
         correct, correct_ord, budget = [], [], None
         for start in range(0, data.shape[-1] - n_window + 1, n_step):
-            result = self.decode_windows(data[:, :, start:start + n_window], groups=groups, budget=budget)
-            budget = result["budget"]
-            correct.append(result["predicted_index"] == y_index)
-            correct_ord.append(result["ordinary_vote"] == y_index)
+            # The decisions of decode_windows, without its per-window spike lists.
+            _, t, ordinary, budget = self._simulate_windows(data[:, :, start:start + n_window], groups, budget)
+            correct.append(np.argmax(soft_vote(t, self.readout_tau), axis=1) == y_index)
+            correct_ord.append(ordinary_vote(t, ordinary) == y_index)
         return {"window_acc": float(np.mean(correct)), "window_acc_ord": float(np.mean(correct_ord))}
+
+    def _simulate_windows(self, data, groups, budget):
+        """Every member on windows simulated for their own length: results, stacked first-spike times
+        (model units) and ordinary flags (n_members, n_windows, n_classes), and the event budget."""
+        times, currents = self._events(data, self._check_groups(groups, len(data)))
+        T = data.shape[2] / float(self.sfreq_) * self._time_scale
+        results = []
+        for params in self.members_:
+            result, budget = network.simulate(params, times, currents, self._neuron_model(), T=T, budget=budget)
+            results.append(result)
+        t = np.stack([np.asarray(r.first_spike_times, dtype=np.float64) for r in results])
+        ordinary = np.stack([np.asarray(r.ordinary) for r in results])
+        return results, t, ordinary, budget
 
     def decode_windows(self, X, groups=None, *, budget=None):
         """Decode windows of a continuous recording and report what the network did.
@@ -526,14 +539,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X must hold at least one window of at least one sample, got shape {data.shape}")
         scale = self._time_scale
         window_s = data.shape[2] / float(self.sfreq_)
-        times, currents = self._events(data, self._check_groups(groups, len(data)))
-        results = []
-        for params in self.members_:
-            member_result, budget = network.simulate(params, times, currents, self._neuron_model(),
-                                                     T=window_s * scale, budget=budget)
-            results.append(member_result)
-        member_t = np.stack([np.asarray(r.first_spike_times, dtype=np.float64) for r in results])
-        member_ordinary = np.stack([np.asarray(r.ordinary) for r in results])
+        results, member_t, member_ordinary, budget = self._simulate_windows(data, groups, budget)
         probabilities = np.exp(soft_vote(member_t, self.readout_tau))
         predicted = np.argmax(probabilities, axis=1)
         result, t = results[0], member_t[0]

@@ -256,10 +256,10 @@ def _spiking_metrics(estimator, X, y, groups=None, duration=None) -> dict:
     """
     if hasattr(estimator, "spiking_metrics"):
         # The same subject ids as predict gets, so acc_ord scores the same inputs.
-        metrics = dict(estimator.spiking_metrics(X, y, **_group_kwargs(estimator, "predict", groups)))
+        group_kwargs = _group_kwargs(estimator, "predict", groups)
+        metrics = dict(estimator.spiking_metrics(X, y, **group_kwargs))
         if hasattr(estimator, "window_scores") and duration is not None and duration >= WINDOW_S:
-            metrics.update(estimator.window_scores(X, y, window_s=WINDOW_S,
-                                                   **_group_kwargs(estimator, "predict", groups)))
+            metrics.update(estimator.window_scores(X, y, window_s=WINDOW_S, **group_kwargs))
         return metrics
     if isinstance(estimator, Pipeline) and hasattr(estimator[-1], "spiking_metrics"):
         return dict(estimator[-1].spiking_metrics(estimator[:-1].transform(X), y))
