@@ -3,6 +3,7 @@
 Commands
 --------
 train      train a spiking decoder on EEGMMIDB subjects and save a checkpoint
+fine-tune  adapt a trained decoder to a new user's labelled trials
 evaluate   compare spiking decoders and classical baselines under a protocol
 report     merge evaluate folders (same protocol and folds, e.g. pipelines run apart) into one report
 gui        decode a live LSL stream or a replayed recording in real time (PyQtGraph window)
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import PIPELINE_NAMES, load_config
@@ -103,6 +105,36 @@ def cmd_train(args):
         print(f"  network {member + 1}, epoch {int(last['epoch'])}: loss {last['loss']:.3f}, acc {last['acc']:.3f}, "
               f"acc_ord {last['acc_ord']:.3f}"
               + (f", val_acc_ord {last['val_acc_ord']:.3f}" if "val_acc_ord" in last else ""))
+    print(f"model written to {out / 'model.npz'}")
+    return 0
+
+
+def cmd_fine_tune(args):
+    """Adapt a trained decoder to a user's labelled trials; write the tuned model to ``--out``."""
+    from .datasets import load_eegbci
+    from .realtime import _dataset_context, load_model, model_preprocessing
+
+    model = load_model(args.model)
+    task = (_dataset_context(model) or {}).get("task", "left_right_imagery")
+    trials = load_eegbci(args.subjects, task=task, data_dir=args.data_dir, preprocessing=model_preprocessing(model),
+                         download=args.download)
+    keep = np.concatenate([np.flatnonzero(trials.subjects == s)[:args.trials] for s in args.subjects])
+    X, y = trials.data[keep], np.asarray(trials.labels)[keep]  # recording order: a session's first trials
+    before = model.score(X, y)
+    model.set_params(verbose=not args.quiet)
+    t0 = time.perf_counter()
+    model.fine_tune(X, y, epochs=args.epochs, learning_rate=args.learning_rate)
+    elapsed = time.perf_counter() - t0
+    context = dict(model.context_)
+    context["subjects"] = sorted(set(context.get("subjects", [])) | set(args.subjects))
+    context["fine_tuned_on"] = {"subjects": list(args.subjects), "n_trials": len(keep), "epochs": args.epochs,
+                                "learning_rate": args.learning_rate}
+    out = Path(args.out or Path("runs") / f"fine_tuned_S{'_'.join(f'{s:03d}' for s in args.subjects)}")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.npz", context=context)
+    print(f"fine-tuned {len(model.members_)} network(s) on {len(keep)} trials of subject(s) "
+          f"{', '.join(map(str, args.subjects))} in {elapsed:.0f} s: accuracy on these trials "
+          f"{before:.3f} -> {model.score(X, y):.3f}")
     print(f"model written to {out / 'model.npz'}")
     return 0
 
@@ -191,10 +223,13 @@ def cmd_gui(args):
 
     summary = run_gui(model, source, window_s=args.window, hop_s=args.hop, duration=args.duration,
                       screenshot=args.screenshot, fps=args.fps, channels=args.channels,
-                      decoder_options={"stall_timeout": args.stall_timeout, "calibration_s": args.calibrate})
+                      decoder_options={"stall_timeout": args.stall_timeout, "calibration_s": args.calibrate,
+                                       "adapt": args.adapt})
     print(f"source: {source.description}")
     if summary["calibrated"]:
         print(f"aligned to this user on the first {args.calibrate:g} s of the stream")
+    if summary["adapted_windows"]:
+        print(f"kept aligning to this user: running mean of {summary['adapted_windows']} windows")
     print(f"decoded {summary['windows']} windows; decode latency p50 {summary['latency_p50_ms']:.1f} ms, "
           f"p99 {summary['latency_p99_ms']:.1f} ms, max {summary['latency_max_ms']:.1f} ms "
           f"({summary['compilations']} JIT compilations excluded)")
@@ -249,6 +284,18 @@ def build_parser():
     train.add_argument("--epochs", type=int, help="override the number of epochs")
     train.set_defaults(func=cmd_train)
 
+    tune = sub.add_parser("fine-tune", help="adapt a trained decoder to a new user's labelled trials")
+    tune.add_argument("--model", required=True, help="model.npz or a run folder holding one (e.g. runs/default)")
+    tune.add_argument("--subjects", nargs="+", type=int, required=True, help="the user's EEGMMIDB subject number(s)")
+    tune.add_argument("--trials", type=int, help="only each subject's first N trials (recording order)")
+    tune.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
+    tune.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    tune.add_argument("--data-dir", help="data root holding MNE-eegbci-data/ (default: $MNE_DATA, else MNE's)")
+    tune.add_argument("--download", action="store_true", help="download missing EEGMMIDB files (needs internet)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    tune.add_argument("--out", type=Path, help="output folder (default: runs/fine_tuned_S<subjects>)")
+    tune.set_defaults(func=cmd_fine_tune)
+
     ev = sub.add_parser("evaluate", help="evaluate decoders against classical baselines")
     data_args(ev)
     ev.add_argument("--protocol", choices=list(PROTOCOLS),
@@ -284,6 +331,9 @@ def build_parser():
     gui.add_argument("--calibrate", type=float, metavar="S",
                      help="align a new user on the first S s of the stream (unlabelled) before decoding; "
                           "for models trained on other subjects (recenter: true)")
+    gui.add_argument("--adapt", action="store_true",
+                     help="keep aligning to the user while decoding (a running mean of the decoded windows; "
+                          "no calibration phase needed; recenter: true)")
     gui.add_argument("--duration", type=float, help="decode for S seconds after the first window, then exit "
                                                     "(headless: offscreen)")
     gui.add_argument("--screenshot", type=Path, help="write a PNG of the window at the end")

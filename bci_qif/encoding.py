@@ -263,13 +263,72 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         if not self.recenter:
             raise ValueError("calibrate needs recenter=True: this encoder does not align subjects")
         if X is None:
-            self.live_mean_ = None
+            self.live_mean_ = self.running_mean_ = None
+            self.live_count_ = 0
             return self
-        X = _check_trials(X)
-        if X.shape[1] != self.n_channels_ or len(X) < 2:
+        X = self._check_user_windows(X, "calibrate")
+        if len(X) < 2:
             raise ValueError(f"calibrate needs at least 2 windows of {self.n_channels_} channels, got shape {X.shape}")
-        self.live_mean_ = mean_riemann(self._covariances(X))
+        self.live_mean_ = self.running_mean_ = mean_riemann(self._covariances(X))
+        self.live_count_ = len(X)
         return self
+
+    def adapt(self, X):
+        """Fold a user's new unlabelled windows into the mean that aligns un-grouped trials.
+
+        A running Riemannian mean: each window's covariance moves the mean along the
+        geodesic towards it by ``1 / n`` (``n`` windows so far, those of
+        :meth:`calibrate` included), which keeps it the running estimate of the
+        user's mean without storing the windows. Un-grouped trials are aligned by it
+        from the second window on (before that: the training reference).
+
+        Parameters
+        ----------
+        X : array, shape (n_windows, n_channels, n_times)
+
+        Returns
+        -------
+        self
+        """
+        from pyriemann.geometry.geodesic import geodesic_riemann
+
+        check_is_fitted(self, "components_")
+        if not self.recenter:
+            raise ValueError("adapt needs recenter=True: this encoder does not align subjects")
+        mean, count = getattr(self, "running_mean_", None), getattr(self, "live_count_", 0)
+        for cov in self._covariances(self._check_user_windows(X, "adapt")):
+            count += 1
+            mean = cov if count == 1 else geodesic_riemann(mean, cov, 1.0 / count)
+        self.running_mean_, self.live_count_ = mean, count
+        # One window aligned by itself would be the identity: wait for a second.
+        self.live_mean_ = mean if count >= 2 else None
+        return self
+
+    def adopt_reference(self, X):
+        """Make the mean of a user's trials the reference of every un-grouped trial.
+
+        Unlike :meth:`calibrate` this is learned state, saved with the encoder: a
+        decoder fine-tuned on the user's trials keeps the alignment it was tuned with.
+        Any calibration or running mean is forgotten.
+
+        Parameters
+        ----------
+        X : array, shape (n_trials, n_channels, n_times)
+            At least two trials (or windows) of the user.
+
+        Returns
+        -------
+        self
+        """
+        self.calibrate(X)
+        self.reference_ = self.live_mean_
+        return self.calibrate(None)
+
+    def _check_user_windows(self, X, caller):
+        X = _check_trials(X)
+        if X.shape[1] != self.n_channels_:
+            raise ValueError(f"{caller} needs windows of {self.n_channels_} channels, got shape {X.shape}")
+        return X
 
     def _aligned(self, covs, groups):
         """Tangent-space inputs: (covariances, reference point)."""

@@ -11,6 +11,7 @@ classifier.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -430,10 +431,80 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        self._aligning_encoder("calibrate").calibrate(None if X is None else _as_trials(X, self.sfreq_)[0])
+        return self
+
+    def adapt(self, X):
+        """Fold a user's new unlabelled windows into the running mean that aligns them.
+
+        The adaptive counterpart of :meth:`calibrate`, which needs no calibration
+        phase: every window passed here (e.g. each window a real-time session has
+        decoded) updates a running Riemannian mean of the user's covariances, which
+        aligns every later un-grouped window (from the second window on; a
+        calibration, if any, counts as its first windows). A session state, not
+        saved with the model; ``calibrate(None)`` forgets it.
+
+        Parameters
+        ----------
+        X : array, shape (n_windows, n_channels, n_times)
+
+        Returns
+        -------
+        self
+        """
+        self._aligning_encoder("adapt").adapt(_as_trials(X, self.sfreq_)[0])
+        return self
+
+    def _aligning_encoder(self, caller):
         check_is_fitted(self, "members_")
         if self.encoding != "tangent_space":
-            raise ValueError(f"calibrate needs encoding='tangent_space' with recenter=True, got {self.encoding!r}")
-        self.encoder_.calibrate(None if X is None else _as_trials(X, self.sfreq_)[0])
+            raise ValueError(f"{caller} needs encoding='tangent_space' with recenter=True, got {self.encoding!r}")
+        return self.encoder_
+
+    def fine_tune(self, X, y, *, epochs=20, learning_rate=3e-3):
+        """Adapt a fitted decoder to a new user from a few labelled trials.
+
+        The mean covariance of ``X`` becomes the reference that aligns every
+        un-grouped trial or window (saved with the model; ``recenter=True``), then
+        every network goes on training from its current weights on these trials
+        alone; the encoder's standardization and the other training settings stay
+        as fitted. The defaults were chosen by nested validation for a decoder
+        pretrained on other subjects (``benchmarks/finetune_search.py``).
+
+        Parameters
+        ----------
+        X : array, shape (n_trials, n_channels, n_times)
+            The user's labelled trials, preprocessed like the training trials.
+        y : array, shape (n_trials,)
+            Their labels, among ``classes_``.
+        epochs : int
+        learning_rate : float
+            Peak learning rate of the fine-tuning schedule.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "members_")
+        data, sfreq, _ = _as_trials(X, self.sfreq_)
+        if sfreq != self.sfreq_ or data.shape[1] != self.n_channels_:
+            raise ValueError(f"X has {data.shape[1]} channels at {sfreq} Hz, the model was trained on "
+                             f"{self.n_channels_} at {self.sfreq_} Hz")
+        y = np.asarray(y)
+        unknown = sorted(set(y.tolist()) - set(self.classes_.tolist()))
+        if len(y) != len(data) or unknown:
+            raise ValueError(f"y must hold one label per trial ({len(data)}) among {self.classes_.tolist()}, "
+                             f"got {len(y)} labels{f', unknown {unknown}' if unknown else ''}")
+        self._aligning_encoder("fine_tune").adopt_reference(data)
+        times, currents = self._events(data)
+        config = dataclasses.replace(self._train_config(), epochs=int(epochs), learning_rate=float(learning_rate),
+                                     patience=None)
+        y_index = np.searchsorted(self.classes_, y)
+        self.members_ = [
+            train(params, times, currents, y_index, self._neuron_model(), self.T_,
+                  dataclasses.replace(config, seed=int(self.random_state) + member), progress=self.verbose).best_params
+            for member, params in enumerate(self.members_)]
+        self.params_ = self.members_[0]
         return self
 
     def window_scores(self, X, y, groups=None, *, window_s=2.0, step_s=0.5):

@@ -961,13 +961,20 @@ class RealtimeDecoder:
         ``calibration_s`` seconds of the stream are not decoded; their windows
         (unlabelled, one every half window) calibrate the model
         (:meth:`QIFClassifier.calibrate <bci_qif.estimator.QIFClassifier.calibrate>`),
-        status ``"calibrating"`` meanwhile. Without it, windows are aligned by the
-        model's training reference (right for a user the model was trained on).
+        status ``"calibrating"`` meanwhile. Without it (and without ``adapt``),
+        windows are aligned by the model's training reference (right for a user the
+        model was trained on).
+    adapt : bool
+        Keep aligning to the user while decoding (models with ``recenter=True``):
+        decoded windows, at most one every half window, join a running mean of the
+        user's covariances (:meth:`QIFClassifier.adapt
+        <bci_qif.estimator.QIFClassifier.adapt>`) that aligns every later window. Needs
+        no calibration phase; after ``calibration_s`` it goes on from the calibration.
     """
 
     def __init__(self, model, source, *, window_s=None, hop_s=0.125, display_s=10.0, stall_timeout=1.0,
                  reconnect_interval=1.0, connect_timeout=2.0, marker_channel=None, event_map=None, on_result=None,
-                 on_status=None, history=600, poll_interval=0.001, calibration_s=None):
+                 on_status=None, history=600, poll_interval=0.001, calibration_s=None, adapt=False):
         self.model = model
         self.source = source
         self.config = model_preprocessing(model)
@@ -983,6 +990,8 @@ class RealtimeDecoder:
         self.on_status = on_status
         self.poll_interval = float(poll_interval)
         self.calibration_s = self._check_calibration(calibration_s)
+        self.adapt = self._check_alignment(bool(adapt), "adapt")
+        self._last_adapted_sample = 0
         self.calibrated = False
         self._calibration_windows = []
         self._last_calibration_sample = 0
@@ -1080,7 +1089,8 @@ class RealtimeDecoder:
                 "latency_max_ms": stats["max_ms"], "compilations": self.n_compilations,
                 "reconnects": self.n_reconnects, "accuracy": self.labels.accuracy,
                 "n_labelled": self.labels.n_labelled, "status": self.status, "last_error": self.last_error,
-                "calibrated": self.calibrated}
+                "calibrated": self.calibrated,
+                "adapted_windows": getattr(self.model.encoder_, "live_count_", 0) if self.adapt else 0}
 
     # ------------------------------------------------------------------ helpers
     def _check_window(self, window_s, hop_s):
@@ -1098,11 +1108,14 @@ class RealtimeDecoder:
         if not calibration_s >= 2 * self.window_s:
             raise ValueError(f"calibration_s must cover at least two windows ({2 * self.window_s:g} s), "
                              f"got {calibration_s!r}")
+        return float(self._check_alignment(calibration_s, "calibration_s"))
+
+    def _check_alignment(self, value, name):
         encoder = getattr(self.model, "encoder_", None)
-        if not getattr(encoder, "recenter", False):
-            raise ValueError("calibration_s needs a model that re-centres subjects (encoding='tangent_space', "
+        if value and not getattr(encoder, "recenter", False):
+            raise ValueError(f"{name} needs a model that re-centres subjects (encoding='tangent_space', "
                              "recenter=True)")
-        return float(calibration_s)
+        return value
 
     def _calibrate_step(self, n_window):
         """Collect a window of the new user; calibrate the model once ``calibration_s`` have streamed."""
@@ -1178,7 +1191,7 @@ class RealtimeDecoder:
         self._marker_buffer = RingBuffer(1, capacity, np.float64) if marker_index is not None else None
         self._marker_index = marker_index
         self._preprocessor = preprocessor
-        self._last_calibration_sample = 0  # the buffer starts empty
+        self._last_calibration_sample = self._last_adapted_sample = 0  # the buffer starts empty
         self.meta = meta
 
     def _connect(self):
@@ -1297,6 +1310,10 @@ class RealtimeDecoder:
     def _decode(self, n_window):
         t0 = time.perf_counter()
         window, timestamps = self._buffer.latest(n_window)
+        if self.adapt and self._buffer.n_written - self._last_adapted_sample >= max(1, n_window // 2):
+            # Overlapping windows share most samples: fold in one per half window.
+            self.model.adapt(window[None])
+            self._last_adapted_sample = self._buffer.n_written
         budget = self._budget
         out = self.model.decode_windows(window[None], budget=budget)
         compiled = out["budget"] != budget

@@ -19,7 +19,7 @@ Figures:
 Usage::
 
     python benchmarks/bench_realtime.py --model runs/NAME [--data-dir DIR] [--seconds 15]
-                                        [--window 3] [--hop 0.125]
+                                        [--window 3] [--hop 0.125] [--adapt]
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ def main(argv=None):
     parser.add_argument("--window", type=float, help="window in s (default: the model's trial length)")
     parser.add_argument("--hop", type=float, default=0.125)
     parser.add_argument("--repeats", type=int, default=200, help="isolated decodes")
+    parser.add_argument("--adapt", action="store_true", help="the decoder keeps aligning to the user (gui --adapt)")
     args = parser.parse_args(argv)
 
     rt.configure_lsl(loopback=True)
@@ -140,7 +141,8 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, Qt platform {os.environ.get('QT_QPA_PLATFORM', 'default')}")
     print(f"model: {model.neuron}, layers {[int(p['w'].shape[0]) for p in model.params_]}, "
-          f"{len(names)} channels at {model.sfreq_:g} Hz; window {window_s:g} s, hop {args.hop * 1e3:.0f} ms")
+          f"{len(names)} channels at {model.sfreq_:g} Hz; {len(model.members_)} network(s); window {window_s:g} s, "
+          f"hop {args.hop * 1e3:.0f} ms; adaptive alignment {'on' if args.adapt else 'off'}")
 
     isolated = isolated_decode_latency(model, eeg, window_s, args.repeats)
 
@@ -149,7 +151,7 @@ def main(argv=None):
     pusher = Pusher(eeg, names, stream_name)
     pusher.start()
     decoder = rt.RealtimeDecoder(model, rt.LSLSource(name=stream_name, annotations=False), window_s=window_s,
-                                 hop_s=args.hop, marker_channel=MARKER)
+                                 hop_s=args.hop, marker_channel=MARKER, adapt=args.adapt)
     window = DecoderWindow(decoder, display_s=5.0, fps=30.0)
     window.show()
     window.start()

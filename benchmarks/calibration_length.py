@@ -7,7 +7,13 @@ and 1 s) and decoded as the GUI decodes them, with the windows aligned by
 * ``training``: the training subjects' mean (no calibration),
 * ``k trials``: the mean covariance of the 2 s windows of the subject's first k trials
   (``QIFClassifier.calibrate``, as ``app.py gui --calibrate`` does with the first seconds of a stream),
-* ``scored``: the mean of the scored windows themselves (what ``app.py evaluate`` reports).
+* ``scored``: the mean of the scored windows themselves (what ``app.py evaluate`` reports),
+* ``adaptive``: no calibration phase; every window of the subject's trials, in recording order,
+  first joins a running mean of the user's windows (``QIFClassifier.adapt``, as ``app.py gui
+  --adapt`` does) and is then decoded aligned by it.
+
+The ``first trials`` columns score the trials before ``--first-scored`` (what a new user meets
+first): by the training mean and adaptively.
 
 Run::
 
@@ -41,20 +47,31 @@ def run_subject(X, y, subjects, sfreq, test, counts, first_scored, n_members):
     train = subjects != test
     model = QIFClassifier(n_members=n_members, sfreq=sfreq).fit(X[train], y[train], groups=subjects[train])
     own = np.flatnonzero(~train)  # recording order
-    scored = own[first_scored:]
-    windows = _windows(X[scored], sfreq)
-    labels = np.searchsorted(model.classes_, y[scored])
+    labels = np.searchsorted(model.classes_, y[own])
+    all_windows = _windows(X[own], sfreq)  # (start, trial, ...)
+    windows = all_windows[:, first_scored:]
 
-    def accuracy():
-        return float(np.mean([model.decode_windows(w)["predicted_index"] == labels for w in windows]))
+    def accuracy(trials=slice(first_scored, None)):
+        return float(np.mean([model.decode_windows(w)["predicted_index"] == labels[trials]
+                              for w in all_windows[:, trials]]))
 
-    row = {"subject": int(test), "training": accuracy()}
+    row = {"subject": int(test), "training": accuracy(), "training, first trials": accuracy(slice(first_scored))}
     for k in counts:
         calibration = _windows(X[own[:k]], sfreq)
         model.calibrate(calibration.reshape(-1, *calibration.shape[2:]))
         row[f"{k} trials"] = accuracy()
     model.calibrate(windows.reshape(-1, *windows.shape[2:]))
     row["scored"] = accuracy()
+    # A live session without a calibration phase: each window joins the running mean, then is decoded.
+    model.calibrate(None)
+    hits = np.zeros((len(own), len(WINDOW_STARTS_S)), dtype=bool)
+    for trial in range(len(own)):
+        for start in range(len(WINDOW_STARTS_S)):
+            window = all_windows[start, trial][None]
+            model.adapt(window)
+            hits[trial, start] = model.decode_windows(window)["predicted_index"][0] == labels[trial]
+    row["adaptive"] = float(hits[first_scored:].mean())
+    row["adaptive, first trials"] = float(hits[:first_scored].mean())
     return row
 
 

@@ -16,7 +16,11 @@ Encodings (``--encodings``, comma-separated):
 * ``fb`` / ``fb_motor``: filter bank of five sub-bands of 8-30 Hz, tangent vectors concatenated;
 * ``crops`` / ``crops_motor``: training trials augmented with five 2 s crops (0.5 s apart);
 * ``pool`` / ``pool_motor``: the other subjects' trials added to training (each subject
-  re-centred by its own Riemannian mean; the test subject by its training trials' mean).
+  re-centred by its own Riemannian mean; the test subject by its training trials' mean);
+* ``pool_w5`` / ``pool_w20``: the same with the subject's own trials weighted 5 or 20 times (the
+  linear counterpart of fine-tuning a decoder pretrained on the others on the user's trials);
+* ``pool_zero``: the other subjects' trials only; the subject's own training trials give only its
+  re-centring mean (the linear counterpart of a pretrained decoder used zero-shot).
 
 Run::
 
@@ -111,7 +115,9 @@ def score(name, enc, y, subjects, train, test):
         a = tangent_space(_recentred(covs[train], own_mean), identity)
         b = tangent_space(_recentred(covs[test], own_mean), identity)
         labels = np.concatenate([y[subjects == s] for s in np.unique(subjects[others])] + [y[train]])
-        model = LogisticRegression(max_iter=2000).fit(np.vstack(features + [a]), labels)
+        own_weight = {"pool_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
+        weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
+        model = LogisticRegression(max_iter=2000).fit(np.vstack(features + [a]), labels, sample_weight=weights)
         return model.score(b, y[test])
     if name.startswith("crops"):
         full = enc.sets["full" + suffix][0]
@@ -136,7 +142,8 @@ def run_split(name, enc, y, subjects, split, seed):
             score(name, enc, y, subjects, train, test))
 
 
-NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor")
+NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
+         "pool_zero", "pool_w5", "pool_w20")
 
 
 def main(argv=None):

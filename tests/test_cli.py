@@ -79,6 +79,25 @@ def test_trained_model_carries_what_a_decoder_needs(train_run):
     assert model.sfreq_ == 160.0 and model.n_channels_ == len(model.ch_names_) == 64
 
 
+def test_fine_tune_adapts_a_trained_model_to_a_new_users_first_trials(train_run, data_root, tmp_path, capsys):
+    _, out = train_run
+    code = cli.main(["fine-tune", "--model", str(out), "--subjects", "2", "--trials", "10", "--epochs", "2",
+                     "--data-dir", str(data_root), "--quiet", "--out", str(tmp_path / "tuned")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "fine-tuned 2 network(s) on 10 trials of subject(s) 2" in printed and "accuracy on these trials" in printed
+    tuned, trained = QIFClassifier.load(tmp_path / "tuned" / "model.npz"), QIFClassifier.load(out / "model.npz")
+    assert tuned.context_["subjects"] == [1, 2]
+    assert tuned.context_["fine_tuned_on"] == {"subjects": [2], "n_trials": 10, "epochs": 2, "learning_rate": 3e-3}
+    assert not np.allclose(tuned.encoder_.reference_, trained.encoder_.reference_, atol=0)  # aligned to subject 2
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(tuned.members_),
+                                                     jax.tree_util.tree_leaves(trained.members_)))
+    # Too few trials to align a user is a clear error (exit 2), nothing written.
+    assert cli.main(["fine-tune", "--model", str(out), "--subjects", "2", "--trials", "1", "--data-dir",
+                     str(data_root), "--quiet", "--out", str(tmp_path / "one")]) == 2
+    assert "at least 2" in capsys.readouterr().err and not (tmp_path / "one" / "model.npz").exists()
+
+
 def test_interrupted_train_resumes_to_the_same_model(train_run, config_file, data_root, tmp_path, monkeypatch,
                                                      capsys):
     _, reference = train_run

@@ -272,6 +272,73 @@ def test_calibrate_aligns_windows_like_an_unseen_subject_and_can_be_undone(fitte
         model.calibrate(windows[:1])
 
 
+def test_adapt_keeps_a_running_mean_that_matches_the_batch_calibration(fitted, trials):
+    from pyriemann.geometry.distance import distance_riemann
+    from pyriemann.geometry.mean import mean_riemann
+
+    model = copy.deepcopy(fitted)
+    windows = trials.data[:12, :, 80:400]
+    before = model.decode_windows(windows)["probabilities"]
+    model.adapt(windows[:1])  # one window is no estimate of a mean: still the training reference
+    np.testing.assert_allclose(model.decode_windows(windows)["probabilities"], before, rtol=1e-6)
+    for window in windows[1:]:
+        model.adapt(window[None])
+    encoder = model.encoder_
+    assert encoder.live_count_ == 12
+    covs = encoder._covariances(windows)
+    batch = mean_riemann(covs)
+    spread = np.mean([distance_riemann(c, batch) for c in covs])
+    # Geodesic steps of 1/n give the geometric mean exactly for commuting matrices and a close
+    # approximation of the Riemannian (Karcher) mean otherwise.
+    assert distance_riemann(encoder.live_mean_, batch) < 0.05 * spread
+    # Continuing a calibration: the calibrated windows count as the first ones.
+    model.calibrate(windows[:6]).adapt(windows[6:])
+    assert encoder.live_count_ == 12 and distance_riemann(encoder.live_mean_, batch) < 0.05 * spread
+    model.calibrate(None)
+    np.testing.assert_allclose(model.decode_windows(windows)["probabilities"], before, rtol=1e-6)
+    with pytest.raises(ValueError, match="64 channels"):
+        model.adapt(windows[:, :10])
+
+
+def test_adapt_running_mean_is_the_geometric_mean_of_commuting_matrices(trials):
+    from bci_qif.encoding import TangentSpaceEncoder
+
+    # Diagonal covariances commute: their Riemannian mean is exp(mean(log)), which the running
+    # geodesic mean must reproduce to rounding.
+    encoder = TangentSpaceEncoder(sfreq=trials.sfreq, recenter=True).fit(trials.data, trials.labels)
+    rng = np.random.default_rng(0)
+    diagonals = rng.uniform(0.5, 3.0, size=(7, 4))
+    encoder.n_channels_ = 4
+    encoder._covariances = lambda X: np.stack([np.diag(d) for d in diagonals[:len(X)]])
+    encoder.adapt(np.zeros((7, 4, 10)))
+    np.testing.assert_allclose(np.diag(encoder.live_mean_), np.exp(np.log(diagonals).mean(axis=0)), rtol=1e-10)
+
+
+def test_fine_tune_trains_on_from_the_fitted_weights(fitted, trials, tmp_path):
+    X, y = trials.data, np.asarray(trials.labels)
+    before = fitted.predict_proba(X)
+    # A vanishing learning rate keeps the weights; subject 1's own trials align it by its training mean.
+    still = copy.deepcopy(fitted).fine_tune(X, y, epochs=1, learning_rate=1e-12)
+    np.testing.assert_allclose(still.predict_proba(X), before, rtol=1e-4)
+    # Swapped labels: training goes on from the fitted weights towards the new targets.
+    swapped = np.where(y == fitted.classes_[0], fitted.classes_[1], fitted.classes_[0])
+    tuned = copy.deepcopy(fitted).fine_tune(X, swapped, epochs=10, learning_rate=3e-2)
+    assert np.mean(tuned.predict(X) == swapped) > np.mean(fitted.predict(X) == swapped) + 0.3
+    np.testing.assert_array_equal(tuned.encoder_.std_, fitted.encoder_.std_)  # standardization kept
+    # The user's alignment is part of the tuned model: saved, and not undone by calibrate(None).
+    few = X[:10]
+    user = copy.deepcopy(fitted).fine_tune(few, y[:10], epochs=2)
+    user.save(tmp_path / "user.npz")
+    loaded = QIFClassifier.load(tmp_path / "user.npz")
+    np.testing.assert_allclose(loaded.predict_proba(X), user.calibrate(None).predict_proba(X), rtol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(X), copy.deepcopy(user).calibrate(few).predict_proba(X),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="among"):
+        copy.deepcopy(fitted).fine_tune(X, np.full(len(y), "up"))
+    with pytest.raises(ValueError, match="channels"):
+        copy.deepcopy(fitted).fine_tune(X[:, :10], y)
+
+
 def test_calibrate_needs_a_recentring_tangent_space_encoder(trials):
     from bci_qif.encoding import TangentSpaceEncoder
 

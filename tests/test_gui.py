@@ -139,11 +139,12 @@ def test_app_gui_scripted_run_writes_a_screenshot(qtbot, model_path, data_root, 
     png = tmp_path / "gui.png"
     code = cli.main(["gui", "--model", str(model_path.parent), "--replay", "S002R04", "--data-dir", str(data_root),
                      "--window", str(WINDOW_S), "--hop", str(HOP_S), "--duration", "1.5", "--screenshot", str(png),
-                     "--calibrate", "2"])  # subject 2 is new to the model (trained on subject 1)
+                     "--calibrate", "2", "--adapt"])  # subject 2 is new to the model (trained on subject 1)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "decode latency p50" in out and "fps" in out and "replay of S002R04.edf" in out
     assert "aligned to this user on the first 2 s of the stream" in out
+    assert "kept aligning to this user: running mean of" in out  # from the calibration's windows on
     assert png.is_file() and QtGui.QImage(str(png)).width() >= 800
     assert leftover_threads(before) == []
     QtCore.QCoreApplication.processEvents()

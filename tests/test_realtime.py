@@ -226,6 +226,27 @@ def test_calibration_aligns_a_new_user_before_decoding(model, recording):
     assert decoder.history[0].decoded_at > done[0][0]
 
 
+def test_adapt_aligns_a_new_user_while_decoding(model, recording):
+    # No calibration phase: decisions from the first window, each half window joins the user's mean.
+    model = copy.deepcopy(model)
+    statuses = []
+    decoder = rt.RealtimeDecoder(model, rt.ReplaySource(recording), window_s=WINDOW_S, hop_s=HOP_S, adapt=True,
+                                 on_status=lambda s, m: statuses.append(s))
+    decoder.start()
+    try:
+        assert decoder.wait_for(lambda: len(decoder.history) >= 20, 90)
+    finally:
+        decoder.stop()
+    decoded, adapted = decoder.summary()["windows"], decoder.summary()["adapted_windows"]
+    assert "calibrating" not in statuses and not decoder.calibrated
+    # 1 s windows every 0.1 s: about one in five is folded in (more while the stream ran ahead).
+    assert 2 <= adapted <= decoded // 2 and model.encoder_.live_mean_.shape == (64, 64)
+    with pytest.raises(ValueError, match="re-centres subjects"):
+        fixed = copy.deepcopy(model)
+        fixed.encoder_.recenter = False
+        rt.RealtimeDecoder(fixed, rt.ReplaySource(recording), window_s=WINDOW_S, adapt=True)
+
+
 def test_calibration_needs_a_recentring_model_and_two_windows(model, recording):
     with pytest.raises(ValueError, match="at least two windows"):
         rt.RealtimeDecoder(model, rt.ReplaySource(recording), window_s=WINDOW_S, calibration_s=1.5)

@@ -1,0 +1,119 @@
+"""Pretrain on other subjects, fine-tune on the user's own trials (issue: decoder quality).
+
+Within-subject test folds (the same stratified 5-fold splits, seed 42, as ``app.py
+evaluate --protocol within-subject``). For each subject, the shipped default decoder
+is first fitted on every trial of the **other** subjects (each re-centred by its own
+mean: the leave-one-subject-out model, which never sees this subject). Then, per
+fold, variants adapt it to the subject with the training fold only:
+
+* ``zero_shot``: no training on the subject; its trials are aligned by the mean
+  covariance of the training fold (:meth:`QIFClassifier.calibrate`);
+* ``ft_<lr>_<epochs>``: the same alignment, then every network goes on training
+  from its pretrained weights on the training fold's trials alone
+  (:meth:`QIFClassifier.fine_tune`).
+
+**Nested**: inside every outer training fold one stratified 75/25 split is the
+inner validation (adapt on 75 %, score on 25 %); variants are chosen on the inner
+score only. The outer score (adapt on the whole training fold, score on the test
+fold) is recorded, never used to choose. The pretrained model is shared by the
+inner and outer fits of a subject: it holds none of the subject's trials.
+
+Run::
+
+    python benchmarks/finetune_search.py --n-jobs 2 --out finetune.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+from bci_qif.config import load_config
+from bci_qif.datasets import available_subjects, load_eegbci
+from bci_qif.estimator import QIFClassifier
+from bci_qif.protocols import within_subject_splits
+
+from decoder_search import _inner_split, summarize
+
+# name -> (peak learning rate, epochs); None: no fine-tuning (calibration only).
+VARIANTS = {
+    "zero_shot": None,
+    "ft_1e-3_20": (1e-3, 20),
+    "ft_3e-3_20": (3e-3, 20),
+    "ft_1e-2_30": (1e-2, 30),
+}
+
+
+def _adapted(pretrained, variant, X, y):
+    model = copy.deepcopy(pretrained)
+    setting = VARIANTS[variant]
+    if setting is None:
+        return model.calibrate(X)
+    learning_rate, epochs = setting
+    return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate)
+
+
+def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members):
+    """Pretrain on the other subjects, then score every variant on every fold of ``subject``."""
+    t0 = time.perf_counter()
+    others = groups != subject
+    pretrained = QIFClassifier(sfreq=sfreq, n_members=n_members).fit(X[others], y[others], groups=groups[others])
+    pretrain_s = time.perf_counter() - t0
+    rows = []
+    for fold, train, test in folds:
+        inner_train, inner_val = _inner_split(y[train], groups[train], "within-subject", seed + fold)
+        for variant in variants:
+            t1 = time.perf_counter()
+            for part, fit_idx, score_idx in (("inner", train[inner_train], train[inner_val]), ("outer", train, test)):
+                model = _adapted(pretrained, variant, X[fit_idx], y[fit_idx])
+                # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
+                acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
+                acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
+                rows.append(dict(variant=variant, subject=subject, fold=fold, part=part, accuracy=acc,
+                                 acc_ord=acc_ord, failed=0))
+            rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
+    parser.add_argument("--subjects", nargs="+", type=int, help="test subjects (default: all)")
+    parser.add_argument("--n-members", type=int, default=3, help="networks of the pretrained decoder")
+    parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, help="CSV file to append per-fold rows to")
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}")
+
+    config = load_config("configs/default.yaml")
+    everyone = list(available_subjects("left_right_imagery", None))
+    trials = load_eegbci(everyone, task="left_right_imagery", preprocessing=config["preprocessing"])
+    X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
+    by_subject = {}
+    for subject, fold, train, test in within_subject_splits(groups, y, n_splits=5, seed=args.seed):
+        by_subject.setdefault(subject, []).append((fold, train, test))
+    t0 = time.perf_counter()
+    rows = Parallel(n_jobs=args.n_jobs)(
+        delayed(run_subject)(subject, X, y, groups, trials.sfreq, by_subject[subject], variants, args.seed,
+                             args.n_members)
+        for subject in (args.subjects or everyone))
+    frame = pd.DataFrame([r for chunk in rows for r in chunk]).fillna({"seconds": 0.0})
+    frame["protocol"] = "within-subject-pretrained"
+    if args.out:
+        frame.to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+    print(f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(summarize(frame).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
