@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Memory mappings a test process may hold before compiled programs are released (see below).
+MAX_MAPPINGS_KEPT = 25_000
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
@@ -43,3 +46,26 @@ def model_path(tmp_path_factory, data_root) -> Path:
         clf.save(path, context={"preprocessing": trials.config, "class_names": trials.class_names,
                                 "subjects": [1]})
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after a test module once the process maps too much memory.
+
+    The whole suite runs in one process and compiles hundreds of XLA programs; each keeps
+    its machine code mapped until it is released, so the mappings grow towards the kernel's
+    limit (vm.max_map_count, 65,530 here). Unreleased, XLA aborted while compiling late in the
+    suite (``Fatal Python error: Aborted`` in ``backend_compile_and_load``, reproducibly in
+    tests/test_training.py, which passes on its own); releasing them fixed it. One module adds
+    up to ~20,000 mappings; releasing after every module, instead of past a threshold, made
+    the suite 50 % slower (recompilation).
+    """
+    yield
+    maps = Path("/proc/self/maps")  # Linux; elsewhere nothing to count
+    if maps.exists() and maps.read_bytes().count(b"\n") > MAX_MAPPINGS_KEPT:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
