@@ -236,7 +236,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         known = np.flatnonzero(self.subject_ids_ == subject) if subject is not None else []
         if len(known):
             return self.subject_means_[known[0]]
-        if subject is None and getattr(self, "live_mean_", None) is not None:
+        if subject is None and self.live_mean_ is not None:
             return self.live_mean_
         if subject is None or len(covs) < 2:
             # One real-time window carries no estimate of a mean: use training's.
@@ -263,14 +263,12 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         if not self.recenter:
             raise ValueError("calibrate needs recenter=True: this encoder does not align subjects")
         if X is None:
-            self.live_mean_ = self.running_mean_ = None
-            self.live_count_ = 0
+            self.running_mean_, self.live_count_ = None, 0
             return self
         X = self._check_user_windows(X, "calibrate")
         if len(X) < 2:
             raise ValueError(f"calibrate needs at least 2 windows of {self.n_channels_} channels, got shape {X.shape}")
-        self.live_mean_ = self.running_mean_ = mean_riemann(self._covariances(X))
-        self.live_count_ = len(X)
+        self.running_mean_, self.live_count_ = mean_riemann(self._covariances(X)), len(X)
         return self
 
     def adapt(self, X):
@@ -300,9 +298,13 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
             count += 1
             mean = cov if count == 1 else geodesic_riemann(mean, cov, 1.0 / count)
         self.running_mean_, self.live_count_ = mean, count
-        # One window aligned by itself would be the identity: wait for a second.
-        self.live_mean_ = mean if count >= 2 else None
         return self
+
+    @property
+    def live_mean_(self):
+        """The user's mean that aligns un-grouped trials (:meth:`calibrate`, :meth:`adapt`), else None."""
+        # One window aligned by itself would be the identity: a mean needs two.
+        return self.running_mean_ if getattr(self, "live_count_", 0) >= 2 else None
 
     def adopt_reference(self, X):
         """Make the mean of a user's trials the reference of every un-grouped trial.

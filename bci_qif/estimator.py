@@ -358,14 +358,19 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"groups must hold one subject id per trial ({n}), got shape {groups.shape}")
         return groups
 
-    def _simulate(self, X, groups=None):
-        """Each member's :func:`~bci_qif.training.evaluate_network` metrics on the trials ``X``."""
+    def _fitted_trials(self, X):
+        """Trials of ``X`` as an array, checked against the fitted sampling rate and channels."""
         check_is_fitted(self, "members_")
         data, sfreq, _ = _as_trials(X, self.sfreq_)
         if sfreq != self.sfreq_:
             raise ValueError(f"X is sampled at {sfreq} Hz, the model was trained at {self.sfreq_} Hz")
         if data.shape[1] != self.n_channels_:
             raise ValueError(f"X has {data.shape[1]} channels, the model was trained on {self.n_channels_}")
+        return data
+
+    def _simulate(self, X, groups=None):
+        """Each member's :func:`~bci_qif.training.evaluate_network` metrics on the trials ``X``."""
+        data = self._fitted_trials(X)
         times, currents = self._events(data, self._check_groups(groups, len(data)))
         outputs = []
         for params in self.members_:
@@ -485,11 +490,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        check_is_fitted(self, "members_")
-        data, sfreq, _ = _as_trials(X, self.sfreq_)
-        if sfreq != self.sfreq_ or data.shape[1] != self.n_channels_:
-            raise ValueError(f"X has {data.shape[1]} channels at {sfreq} Hz, the model was trained on "
-                             f"{self.n_channels_} at {self.sfreq_} Hz")
+        data = self._fitted_trials(X)
         y = np.asarray(y)
         unknown = sorted(set(y.tolist()) - set(self.classes_.tolist()))
         if len(y) != len(data) or unknown:
