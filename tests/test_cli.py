@@ -24,7 +24,7 @@ SMALL_CONFIG = {
     "dataset": {"task": "left_right_imagery", "subjects": [1]},
     "preprocessing": {"bandpass": [8.0, 30.0], "tmin": 0.0, "tmax": 3.0},
     "model": {"neuron": "qif", "hidden_layer_sizes": [16], "batch_size": 15, "readout_tau": 5.0,
-              "learning_rate": 0.03, "epochs": 2, "n_members": 2, "random_state": 0},
+              "learning_rate": 0.01, "epochs": 2, "n_members": 2, "random_state": 0},
     "training": {"validation_fraction": 0.0, "patience": None},
     "evaluation": {"protocol": "within-subject", "n_splits": 2, "pipelines": ["qif", "csp_lda"], "seed": 42},
 }
