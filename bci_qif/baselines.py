@@ -291,7 +291,7 @@ def make_baseline(name: str, sfreq: float | None = None) -> BaseEstimator:
     return BASELINES[name]()
 
 
-def consumes_groups(estimator, method: str = "fit") -> bool:
+def consumes_groups(estimator, method: str = "fit", param: str = "groups") -> bool:
     """Whether ``estimator`` wants subject ids passed as ``groups`` to ``method``.
 
     Parameters
@@ -300,6 +300,9 @@ def consumes_groups(estimator, method: str = "fit") -> bool:
         Any estimator; objects without scikit-learn metadata routing never consume.
     method : str
         Method name, e.g. ``"fit"``, ``"predict"``, ``"predict_proba"``.
+    param : str
+        The metadata asked about: ``"groups"``, or ``"target_group"`` (the subject
+        a fold tests, which :class:`bci_qif.finetuning.FineTunedQIF` fine-tunes on).
 
     Returns
     -------
@@ -311,4 +314,4 @@ def consumes_groups(estimator, method: str = "fit") -> bool:
     # thread-local and restored on exit, so the caller's configuration is untouched.
     with sklearn.config_context(enable_metadata_routing=True):
         routing = estimator.get_metadata_routing()
-        return "groups" in routing.consumes(method=method, params={"groups"})
+        return param in routing.consumes(method=method, params={param})

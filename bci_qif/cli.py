@@ -139,6 +139,12 @@ def cmd_fine_tune(args):
     return 0
 
 
+def _fine_tuned_model(config, sfreq):
+    from .finetuning import FineTunedQIF
+
+    return FineTunedQIF(_model(config, sfreq=sfreq))
+
+
 def _pipelines(names, config, sfreq):
     from .baselines import make_baseline
 
@@ -146,6 +152,8 @@ def _pipelines(names, config, sfreq):
     for name in names:
         if name in ("qif", "lif"):
             factories[name] = functools.partial(_model, config, neuron=name, sfreq=sfreq)
+        elif name == "qif_finetuned":
+            factories[name] = functools.partial(_fine_tuned_model, config, sfreq)
         else:
             factories[name] = functools.partial(make_baseline, name, sfreq=sfreq)
     return factories
@@ -164,6 +172,9 @@ def cmd_evaluate(args):
     bad = sorted(set(names) - set(PIPELINE_NAMES))
     if bad:
         raise ConfigError(f"unknown pipeline(s) {bad}; choose from {list(PIPELINE_NAMES)}")
+    if "qif_finetuned" in names and protocol == "within-subject":
+        raise ConfigError("pipeline qif_finetuned pretrains on the other subjects: use --protocol "
+                          "within-subject-pooled (or cross-subject), not within-subject")
     stem = Path(config_path).stem if config_path else "default"
     out = Path(args.out or Path("results") / f"{stem}_{protocol}")
     trials = _load(config, args)

@@ -27,7 +27,7 @@ from .protocols import PROTOCOLS
 
 __all__ = ["load_config", "validate_config", "DEFAULTS", "PIPELINE_NAMES"]
 
-PIPELINE_NAMES = ("qif", "lif", "csp_lda", "ts_lr", "ts_lr_recentered", "mdm")
+PIPELINE_NAMES = ("qif", "lif", "qif_finetuned", "csp_lda", "ts_lr", "ts_lr_recentered", "mdm")
 
 DEFAULTS = {
     "dataset": {"task": "left_right_imagery", "subjects": "all"},

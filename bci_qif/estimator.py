@@ -466,7 +466,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{caller} needs encoding='tangent_space' with recenter=True, got {self.encoding!r}")
         return self.encoder_
 
-    def fine_tune(self, X, y, *, epochs=20, learning_rate=3e-3):
+    def fine_tune(self, X, y, *, epochs=20, learning_rate=3e-3, output_only=False):
         """Adapt a fitted decoder to a new user from a few labelled trials.
 
         The mean covariance of ``X`` becomes the reference that aligns every
@@ -485,6 +485,9 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         epochs : int
         learning_rate : float
             Peak learning rate of the fine-tuning schedule.
+        output_only : bool
+            Train the output layer's weights and biases only; the hidden layers
+            stay as they are.
 
         Returns
         -------
@@ -499,7 +502,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self._aligning_encoder("fine_tune").adopt_reference(data)
         times, currents = self._events(data)
         config = dataclasses.replace(self._train_config(), epochs=int(epochs), learning_rate=float(learning_rate),
-                                     patience=None)
+                                     patience=None, trainable_layers=(-1,) if output_only else None)
         y_index = np.searchsorted(self.classes_, y)
         self.members_ = [
             train(params, times, currents, y_index, self._neuron_model(), self.T_,

@@ -304,10 +304,13 @@ def _fit_and_score(
     X, y, subjects = data_arrays
     subject, fold, train, test = split
     estimator = factory()
-    routed = consumes_groups(estimator, "fit")
+    routed = consumes_groups(estimator, "fit") or consumes_groups(estimator, "fit", "target_group")
     with sklearn.config_context(enable_metadata_routing=True) if routed else nullcontext():
         start = time.perf_counter()
-        estimator.fit(X[train], y[train], **_group_kwargs(estimator, "fit", subjects[train]))
+        fit_kwargs = _group_kwargs(estimator, "fit", subjects[train])
+        if consumes_groups(estimator, "fit", "target_group"):
+            fit_kwargs["target_group"] = subject  # the user whose trials the fold tests
+        estimator.fit(X[train], y[train], **fit_kwargs)
         fit_seconds = time.perf_counter() - start
 
         X_test, y_test, groups_test = X[test], y[test], subjects[test]
@@ -437,7 +440,10 @@ def evaluate(
     -----
     Subject ids reach estimators that request them (see
     :func:`bci_qif.baselines.consumes_groups`) as the ``groups`` argument of ``fit``,
-    ``predict`` and ``predict_proba``, through scikit-learn metadata routing.
+    ``predict`` and ``predict_proba``, through scikit-learn metadata routing; one
+    that requests ``target_group`` in ``fit`` also gets the subject the fold tests
+    (:class:`bci_qif.finetuning.FineTunedQIF` fine-tunes on that subject's training
+    trials).
 
     A fitted model exposing ``spiking_metrics(X, y) -> dict`` (directly, or as the
     last step of a Pipeline) is called on each test fold and its keys become extra

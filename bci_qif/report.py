@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_SNN_PIPELINES", "merge_runs", "paired_tests", "write_report"]
 
 #: Pipelines treated as spiking decoders when ``snn_pipelines`` is not given.
-DEFAULT_SNN_PIPELINES = ("qif", "lif")
+DEFAULT_SNN_PIPELINES = ("qif", "lif", "qif_finetuned")
 
 _SCORE_COLUMNS = [
     "accuracy",

@@ -51,6 +51,10 @@ class TrainConfig:
         score (``None``: never stop early). The best parameters are kept.
     gamma, readout_tau : float
         Loss settings, see :func:`bci_qif.network.trial_loss`.
+    trainable_layers : tuple of int or None
+        Indices of the layers whose weights and biases are trained (negative ones
+        count from the output layer: ``(-1,)`` trains the output layer only); the
+        others stay exactly as they are. ``None`` trains every layer.
     input_noise : float
         Standard deviation of Gaussian noise added to the input currents of every
         training minibatch: one fresh draw per trial and input channel, held over
@@ -70,6 +74,7 @@ class TrainConfig:
     gamma: float = 0.01
     readout_tau: float = 1.0
     input_noise: float = 0.0
+    trainable_layers: tuple | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -118,11 +123,24 @@ def _event_times(times, idx):
 
 
 def make_optimizer(config, steps_per_epoch):
-    """Adam(W) with a cosine learning-rate schedule and global-norm clipping."""
+    """Adam(W) with a cosine learning-rate schedule and global-norm clipping.
+
+    With ``config.trainable_layers`` the other layers get no update at all (no
+    weight decay either), and clipping sees the trained layers' gradients only.
+    """
     schedule = optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch), alpha=0.1)
     parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
     parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
-    return optax.chain(*parts)
+    optimizer = optax.chain(*parts)
+    if config.trainable_layers is None:
+        return optimizer
+
+    def layer_labels(params):
+        trained = {int(k) % len(params) for k in config.trainable_layers}
+        return [jax.tree_util.tree_map(lambda _, k=k: "trained" if k in trained else "frozen", layer)
+                for k, layer in enumerate(params)]
+
+    return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, layer_labels)
 
 
 @dataclasses.dataclass

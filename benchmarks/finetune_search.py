@@ -10,7 +10,9 @@ fold, variants adapt it to the subject with the training fold only:
   covariance of the training fold (:meth:`QIFClassifier.calibrate`);
 * ``ft_<lr>_<epochs>``: the same alignment, then every network goes on training
   from its pretrained weights on the training fold's trials alone
-  (:meth:`QIFClassifier.fine_tune`).
+  (:meth:`QIFClassifier.fine_tune`);
+* ``ftout_<lr>_<epochs>``: the same, training the output layer only
+  (``fine_tune(output_only=True)``; the hidden layer keeps its pretrained weights).
 
 **Nested**: inside every outer training fold one stratified 75/25 split is the
 inner validation (adapt on 75 %, score on 25 %); variants are chosen on the inner
@@ -41,12 +43,14 @@ from bci_qif.protocols import within_subject_splits
 
 from decoder_search import _inner_split, summarize
 
-# name -> (peak learning rate, epochs); None: no fine-tuning (calibration only).
+# name -> (peak learning rate, epochs, output layer only); None: no fine-tuning (calibration only).
 VARIANTS = {
     "zero_shot": None,
-    "ft_1e-3_20": (1e-3, 20),
-    "ft_3e-3_20": (3e-3, 20),
-    "ft_1e-2_30": (1e-2, 30),
+    "ft_1e-3_20": (1e-3, 20, False),
+    "ft_3e-3_20": (3e-3, 20, False),
+    "ft_1e-2_30": (1e-2, 30, False),
+    "ftout_1e-2_20": (1e-2, 20, True),
+    "ftout_3e-2_20": (3e-2, 20, True),
 }
 
 
@@ -55,8 +59,8 @@ def _adapted(pretrained, variant, X, y):
     setting = VARIANTS[variant]
     if setting is None:
         return model.calibrate(X)
-    learning_rate, epochs = setting
-    return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate)
+    learning_rate, epochs, output_only = setting
+    return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
 
 
 def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members):

@@ -329,6 +329,10 @@ def test_fine_tune_trains_on_from_the_fitted_weights(fitted, trials, tmp_path):
     assert np.mean(tuned.predict(X) == swapped) > np.mean(fitted.predict(X) == swapped) + 0.3
     np.testing.assert_array_equal(tuned.encoder_.std_, fitted.encoder_.std_)  # standardization kept
     # The user's alignment is part of the tuned model: saved, and not undone by calibrate(None).
+    outputs = copy.deepcopy(fitted).fine_tune(X, swapped, epochs=2, learning_rate=3e-2, output_only=True)
+    for layer, (new, old) in enumerate(zip(outputs.members_[0], fitted.members_[0])):
+        changed = not np.array_equal(np.asarray(new["w"]), np.asarray(old["w"]))
+        assert changed == (layer == len(fitted.members_[0]) - 1)  # only the output layer trains
     few = X[:10]
     user = copy.deepcopy(fitted).fine_tune(few, y[:10], epochs=2)
     user.save(tmp_path / "user.npz")

@@ -112,6 +112,18 @@ def test_input_noise_is_one_draw_per_trial_and_input_held_over_the_events():
     assert QIFClassifier(input_noise=0.3)._train_config().input_noise == 0.3
 
 
+def test_frozen_layers_stay_exactly_as_they_were():
+    rng = np.random.default_rng(1)
+    times, currents = np.arange(3, dtype=np.float32), rng.normal(size=(8, 3, 4)).astype(np.float32)
+    labels = np.array([0, 1] * 4)
+    params = network.init(jax.random.PRNGKey(0), (4, 6, 2))
+    config = TrainConfig(epochs=3, batch_size=4, learning_rate=0.05, weight_decay=0.1, trainable_layers=(-1,))
+    trained = train(params, times, currents, labels, "qif", 3.0, config, progress=False).params
+    for key in ("w", "b"):
+        np.testing.assert_array_equal(np.asarray(trained[0][key]), np.asarray(params[0][key]))  # frozen, no decay
+        assert not np.allclose(np.asarray(trained[1][key]), np.asarray(params[1][key]))  # the output layer learns
+
+
 def test_training_state_round_trips_through_plain_arrays():
     config = TrainConfig(epochs=3, batch_size=4)
     params = network.init(jax.random.PRNGKey(0), (5, 4, 2))
