@@ -259,9 +259,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         """
         from pyriemann.geometry.mean import mean_riemann
 
-        check_is_fitted(self, "components_")
-        if not self.recenter:
-            raise ValueError("calibrate needs recenter=True: this encoder does not align subjects")
+        self._require_alignment("calibrate")
         if X is None:
             self.running_mean_, self.live_count_ = None, 0
             return self
@@ -290,9 +288,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         """
         from pyriemann.geometry.geodesic import geodesic_riemann
 
-        check_is_fitted(self, "components_")
-        if not self.recenter:
-            raise ValueError("adapt needs recenter=True: this encoder does not align subjects")
+        self._require_alignment("adapt")
         mean, count = getattr(self, "running_mean_", None), getattr(self, "live_count_", 0)
         for cov in self._covariances(self._check_user_windows(X, "adapt")):
             count += 1
@@ -325,6 +321,11 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         self.calibrate(X)
         self.reference_ = self.live_mean_
         return self.calibrate(None)
+
+    def _require_alignment(self, caller):
+        check_is_fitted(self, "components_")
+        if not self.recenter:
+            raise ValueError(f"{caller} needs recenter=True: this encoder does not align subjects")
 
     def _check_user_windows(self, X, caller):
         X = _check_trials(X)

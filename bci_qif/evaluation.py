@@ -304,12 +304,11 @@ def _fit_and_score(
     X, y, subjects = data_arrays
     subject, fold, train, test = split
     estimator = factory()
-    routed = consumes_groups(estimator, "fit") or consumes_groups(estimator, "fit", "target_group")
-    with sklearn.config_context(enable_metadata_routing=True) if routed else nullcontext():
+    fit_kwargs = _group_kwargs(estimator, "fit", subjects[train])
+    if consumes_groups(estimator, "fit", "target_group"):
+        fit_kwargs["target_group"] = subject  # the user whose trials the fold tests
+    with sklearn.config_context(enable_metadata_routing=True) if fit_kwargs else nullcontext():
         start = time.perf_counter()
-        fit_kwargs = _group_kwargs(estimator, "fit", subjects[train])
-        if consumes_groups(estimator, "fit", "target_group"):
-            fit_kwargs["target_group"] = subject  # the user whose trials the fold tests
         estimator.fit(X[train], y[train], **fit_kwargs)
         fit_seconds = time.perf_counter() - start
 
