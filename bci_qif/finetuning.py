@@ -20,6 +20,7 @@ a hash of its training trials and settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from . import __version__
 from .cache import default_cache_dir
 from .estimator import QIFClassifier, _as_trials
 
-__all__ = ["FineTunedQIF"]
+__all__ = ["FineTunedQIF", "pretrained_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,31 +114,12 @@ class FineTunedQIF(ClassifierMixin, BaseEstimator):
         if own.all():
             raise ValueError(f"every trial belongs to the user (subject {target_group!r}): there are no other "
                              "subjects to pretrain on (use protocol within-subject-pooled or cross-subject)")
-        model = self._pretrained(base, data[~own], y[~own], groups[~own])
+        model = pretrained_model(base, data[~own], y[~own], groups[~own], cache=self.cache)
         if own.any():
             model.fine_tune(data[own], y[own], epochs=self.epochs, learning_rate=self.learning_rate)
         self.model_, self.target_group_, self.fine_tuned_ = model, target_group, bool(own.any())
         self.classes_ = model.classes_
         return self
-
-    def _pretrained(self, base, data, y, groups):
-        """``base`` (a fresh clone) fitted on these trials, from the cache when it was fitted before."""
-        if not self.cache:
-            return base.fit(data, y, groups=groups)
-        path = default_cache_dir() / "pretrained" / f"{_fingerprint(base, data, y, groups)}.npz"
-        if path.is_file():
-            try:
-                model = QIFClassifier.load(path)
-                logger.info("pretrained model from the cache: %s", path)
-                return model
-            except (OSError, ValueError, KeyError) as err:
-                logger.warning("ignoring an unreadable cached model %s (%s); pretraining again", path, err)
-        model = base.fit(data, y, groups=groups)
-        try:
-            model.save(path)  # atomic: a parallel fold never reads half a file
-        except OSError as err:
-            logger.warning("could not cache the pretrained model in %s: %s", path, err)
-        return model
 
     def _model_groups(self, groups):
         """The ``groups`` to pass on to the fine-tuned model for these trials."""
@@ -177,6 +159,76 @@ class FineTunedQIF(ClassifierMixin, BaseEstimator):
         """Training history of the pretrained networks (fine-tuning keeps none)."""
         check_is_fitted(self, "model_")
         return self.model_.history_
+
+
+def pretrained_model(base, data, y, groups, cache=True):
+    """``base`` fitted on these trials, from the bci_qif cache when it was fitted before.
+
+    Parameters
+    ----------
+    base : QIFClassifier
+        An unfitted decoder; it is fitted in place on a miss.
+    data : array, shape (n_trials, n_channels, n_times)
+    y, groups : array, shape (n_trials,)
+        Labels and subject ids (each subject is re-centred by its own mean).
+    cache : bool
+        Look the model up in (and add it to) ``<cache>/pretrained/``, keyed by a
+        hash of the trials and of ``base``'s settings. Processes that ask for the
+        same model at once wait for the first one to fit it instead of fitting it
+        again. An unreadable entry is logged and fitted again.
+
+    Returns
+    -------
+    QIFClassifier
+    """
+    if not cache:
+        return base.fit(data, y, groups=groups)
+    path = default_cache_dir() / "pretrained" / f"{_fingerprint(base, data, y, groups)}.npz"
+    with _exclusive(path):
+        if path.is_file():
+            try:
+                model = QIFClassifier.load(path)
+                logger.info("pretrained model from the cache: %s", path)
+                return model
+            except (OSError, ValueError, KeyError) as err:
+                logger.warning("ignoring an unreadable cached model %s (%s); pretraining again", path, err)
+        model = base.fit(data, y, groups=groups)
+        try:
+            model.save(path)  # atomic: a reader without the lock never sees half a file
+        except OSError as err:
+            logger.warning("could not cache the pretrained model in %s: %s", path, err)
+        return model
+
+
+@contextlib.contextmanager
+def _exclusive(path):
+    """Hold an advisory lock on ``<path>.lock`` (POSIX; elsewhere, or if it cannot be made, no lock).
+
+    The operating system drops the lock when its holder exits, so a killed run
+    leaves no stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: two processes may fit the same model; both results are valid
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")
+    except OSError as err:
+        logger.warning("no lock for the pretrained-model cache (%s); going on without one", err)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process that is pretraining %s", path.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fingerprint(base, data, y, groups):

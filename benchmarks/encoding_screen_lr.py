@@ -20,7 +20,12 @@ Encodings (``--encodings``, comma-separated):
 * ``pool_w5`` / ``pool_w20``: the same with the subject's own trials weighted 5 or 20 times (the
   linear counterpart of fine-tuning a decoder pretrained on the others on the user's trials);
 * ``pool_zero``: the other subjects' trials only; the subject's own training trials give only its
-  re-centring mean (the linear counterpart of a pretrained decoder used zero-shot).
+  re-centring mean (the linear counterpart of a pretrained decoder used zero-shot);
+* ``pool_stretch``: ``pool``, each subject's re-centred tangent vectors also scaled to a common
+  dispersion (the stretch of Riemannian Procrustes analysis; the test subject's scale from its
+  training trials);
+* ``pool_fb`` / ``pool_fb_stretch``: ``pool`` / ``pool_stretch`` on the filter bank (each sub-band
+  re-centred on its own, tangent vectors concatenated).
 
 Run::
 
@@ -68,7 +73,7 @@ def _recentred(covs, mean):
 def _needed_sets(name):
     """Covariance sets an encoding reads: ``full``, ``fb`` or ``crops``, with ``_motor``."""
     suffix = "_motor" if "motor" in name else ""
-    if name.startswith("fb"):
+    if name.startswith("fb") or name.startswith("pool_fb"):
         return {"fb" + suffix}
     if name.startswith("crops"):
         return {"crops" + suffix, "full" + suffix}  # crops use the full trials' reference point
@@ -78,7 +83,7 @@ def _needed_sets(name):
 class Encodings:
     """Covariance sets of every trial, computed once and shared by all splits."""
 
-    def __init__(self, X, sfreq, ch_names, names):
+    def __init__(self, X, sfreq, ch_names, names, subjects):
         motor = [ch_names.index(ch) for ch in MOTOR_CHANNELS]
         crop = int(round(CROP_LENGTH_S * sfreq))
         self.sets = {}
@@ -93,6 +98,14 @@ class Encodings:
             else:
                 starts = [int(round(s * sfreq)) for s in CROP_STARTS_S]
                 self.sets[key] = [_covariances(Xc[:, :, s:s + crop]) for s in starts]
+        # Every subject re-centred by the mean of all its trials: how the pooled encodings see the
+        # other subjects, whatever the split (computed once, not once per split).
+        self.pooled = {}
+        for key in {_pooled_set(name) for name in names if name.startswith("pool")}:
+            for band, covs in enumerate(self.sets[key]):
+                for subject in np.unique(subjects):
+                    mine = covs[subjects == subject]
+                    self.pooled[key, band, subject] = _aligned_vectors(mine, mean_riemann(mine))
 
 
 def _tangent(covs_list, train, test):
@@ -101,24 +114,47 @@ def _tangent(covs_list, train, test):
             np.hstack([ts.transform(c[test]) for ts, c in zip(fitted, covs_list)]))
 
 
+def _aligned_vectors(covs, mean):
+    """Tangent vectors at the identity of ``covs`` re-centred by ``mean``, and their dispersion."""
+    vectors = tangent_space(_recentred(covs, mean), np.eye(covs.shape[1]))
+    return vectors, np.mean(np.sum(vectors**2, axis=1))
+
+
+def _pooled_set(name):
+    return ("fb" if "_fb" in name else "full") + ("_motor" if "motor" in name else "")
+
+
+def _score_pooled(name, enc, y, subjects, train, test):
+    """``pool*`` encodings: the other subjects' trials added, every subject re-centred by its own mean."""
+    set_key = _pooled_set(name)
+    stretch = name.endswith("_stretch")
+    own = subjects[train[0]]
+    other_ids = [s for s in np.unique(subjects) if s != own]
+    fit_parts, test_parts = [], []
+    for band, covs in enumerate(enc.sets[set_key]):
+        # (vectors, dispersion) per other subject (re-centred by the mean of all its trials), then the user's.
+        others = [enc.pooled[set_key, band, s] for s in other_ids]
+        own_mean = mean_riemann(covs[train])
+        a, own_dispersion = _aligned_vectors(covs[train], own_mean)
+        b, _ = _aligned_vectors(covs[test], own_mean)
+        if not stretch:
+            others, own_dispersion = [(v, 1.0) for v, _ in others], 1.0
+        common = np.mean([d for _, d in others] + [own_dispersion])  # keeps the features' overall scale
+        fit_parts.append(np.vstack([v * np.sqrt(common / d) for v, d in others]
+                                   + [a * np.sqrt(common / own_dispersion)]))
+        test_parts.append(b * np.sqrt(common / own_dispersion))
+    labels = np.concatenate([y[subjects == s] for s in other_ids] + [y[train]])
+    own_weight = {"pool_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
+    weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
+    model = LogisticRegression(max_iter=2000).fit(np.hstack(fit_parts), labels, sample_weight=weights)
+    return model.score(np.hstack(test_parts), y[test])
+
+
 def score(name, enc, y, subjects, train, test):
     """Accuracy of one encoding + LR, fitted on ``train`` and scored on ``test``."""
     suffix = "_motor" if "motor" in name else ""
     if name.startswith("pool"):
-        covs = enc.sets["full" + suffix][0]
-        identity = np.eye(covs.shape[1])
-        own = subjects[train[0]]
-        others = np.flatnonzero(subjects != own)
-        features = [tangent_space(_recentred(covs[subjects == s], mean_riemann(covs[subjects == s])), identity)
-                    for s in np.unique(subjects[others])]
-        own_mean = mean_riemann(covs[train])
-        a = tangent_space(_recentred(covs[train], own_mean), identity)
-        b = tangent_space(_recentred(covs[test], own_mean), identity)
-        labels = np.concatenate([y[subjects == s] for s in np.unique(subjects[others])] + [y[train]])
-        own_weight = {"pool_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
-        weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
-        model = LogisticRegression(max_iter=2000).fit(np.vstack(features + [a]), labels, sample_weight=weights)
-        return model.score(b, y[test])
+        return _score_pooled(name, enc, y, subjects, train, test)
     if name.startswith("crops"):
         full = enc.sets["full" + suffix][0]
         reference = TangentSpace(metric="riemann").fit(full[train])
@@ -143,7 +179,8 @@ def run_split(name, enc, y, subjects, split, seed):
 
 
 NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
-         "pool_zero", "pool_w5", "pool_w20")
+         "pool_zero", "pool_w5", "pool_w20", "pool_stretch", "pool_fb",
+         "pool_fb_stretch")
 
 
 def main(argv=None):
@@ -161,7 +198,7 @@ def main(argv=None):
     trials = load_eegbci(subjects_found, task="left_right_imagery", preprocessing=config["preprocessing"])
     X, y, subjects = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
     t0 = time.perf_counter()
-    enc = Encodings(X, trials.sfreq, list(trials.ch_names), names)
+    enc = Encodings(X, trials.sfreq, list(trials.ch_names), names, subjects)
     print(f"covariances: {time.perf_counter() - t0:.0f} s", flush=True)
     splits = list(within_subject_splits(subjects, y, n_splits=5, seed=args.seed))
     print(f"{'encoding':12s} {'inner acc':>15s} {'outer acc':>15s} {'seconds':>8s}")

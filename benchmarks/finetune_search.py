@@ -14,6 +14,11 @@ fold, variants adapt it to the subject with the training fold only:
 * ``ftout_<lr>_<epochs>``: the same, training the output layer only
   (``fine_tune(output_only=True)``; the hidden layer keeps its pretrained weights).
 
+``--pretrain`` changes the pretrained decoder's settings (``PRETRAIN`` below; the
+variant names then carry it as a prefix, e.g. ``h32/ft_3e-3_20``). Pretrained models
+come from the bci_qif cache (``bci_qif.finetuning.pretrained_model``) when an
+earlier run, or ``app.py evaluate --pipelines qif_finetuned``, fitted them.
+
 **Nested**: inside every outer training fold one stratified 75/25 split is the
 inner validation (adapt on 75 %, score on 25 %); variants are chosen on the inner
 score only. The outer score (adapt on the whole training fold, score on the test
@@ -39,6 +44,7 @@ from joblib import Parallel, delayed
 from bci_qif.config import load_config
 from bci_qif.datasets import available_subjects, load_eegbci
 from bci_qif.estimator import QIFClassifier
+from bci_qif.finetuning import pretrained_model
 from bci_qif.protocols import within_subject_splits
 
 from decoder_search import _inner_split, summarize
@@ -53,6 +59,18 @@ VARIANTS = {
     "ftout_3e-2_20": (3e-2, 20, True),
 }
 
+# name -> settings of the pretrained QIFClassifier that differ from the shipped default.
+PRETRAIN = {
+    "default": {},
+    "h8": dict(hidden_layer_sizes=(8,)),
+    "h32": dict(hidden_layer_sizes=(32,)),
+    "h64": dict(hidden_layer_sizes=(64,)),
+    "h16x2": dict(hidden_layer_sizes=(16, 16)),
+    "ep60": dict(epochs=60),
+    "noise1": dict(input_noise=1.0),
+    "noise3": dict(input_noise=3.0),
+}
+
 
 def _adapted(pretrained, variant, X, y):
     model = copy.deepcopy(pretrained)
@@ -63,11 +81,12 @@ def _adapted(pretrained, variant, X, y):
     return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
 
 
-def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members):
+def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default"):
     """Pretrain on the other subjects, then score every variant on every fold of ``subject``."""
     t0 = time.perf_counter()
     others = groups != subject
-    pretrained = QIFClassifier(sfreq=sfreq, n_members=n_members).fit(X[others], y[others], groups=groups[others])
+    base = QIFClassifier(sfreq=sfreq, n_members=n_members, **PRETRAIN[pretrain])
+    pretrained = pretrained_model(base, X[others], y[others], groups[others])
     pretrain_s = time.perf_counter() - t0
     rows = []
     for fold, train, test in folds:
@@ -79,7 +98,8 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members):
                 # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
-                rows.append(dict(variant=variant, subject=subject, fold=fold, part=part, accuracy=acc,
+                name = variant if pretrain == "default" else f"{pretrain}/{variant}"
+                rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=acc,
                                  acc_ord=acc_ord, failed=0))
             rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
     return rows
@@ -90,6 +110,8 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
     parser.add_argument("--subjects", nargs="+", type=int, help="test subjects (default: all)")
     parser.add_argument("--n-members", type=int, default=3, help="networks of the pretrained decoder")
+    parser.add_argument("--pretrain", default="default", choices=list(PRETRAIN),
+                        help="settings of the pretrained decoder (PRETRAIN in this script)")
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, help="CSV file to append per-fold rows to")
@@ -109,7 +131,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = Parallel(n_jobs=args.n_jobs)(
         delayed(run_subject)(subject, X, y, groups, trials.sfreq, by_subject[subject], variants, args.seed,
-                             args.n_members)
+                             args.n_members, args.pretrain)
         for subject in (args.subjects or everyone))
     frame = pd.DataFrame([r for chunk in rows for r in chunk]).fillna({"seconds": 0.0})
     frame["protocol"] = "within-subject-pretrained"

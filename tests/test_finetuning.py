@@ -2,6 +2,8 @@
 
 import functools
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from bci_qif.baselines import make_baseline
 from bci_qif.datasets import load_eegbci
 from bci_qif.estimator import QIFClassifier
 from bci_qif.evaluation import EvalData, evaluate
-from bci_qif.finetuning import FineTunedQIF, _fingerprint
+from bci_qif.finetuning import FineTunedQIF, _fingerprint, pretrained_model
 
 SMALL = dict(hidden_layer_sizes=(16,), batch_size=15, readout_tau=5.0, learning_rate=1e-2, epochs=2, n_members=1)
 
@@ -79,6 +81,64 @@ def test_an_unreadable_cached_model_is_pretrained_again(trials, cache, caplog):
         tuned = _decoder(trials.sfreq).fit(X, y, groups=groups, target_group=2)
     assert "unreadable cached model" in caplog.text
     assert QIFClassifier.load(path).classes_.tolist() == tuned.classes_.tolist()  # replaced by a good one
+
+
+# Another process that holds the cache entry's lock while it "pretrains"; it publishes the model and
+# lets go when told to on stdin (or when stdin closes).
+_LOCK_HOLDER = """
+import os, sys
+from pathlib import Path
+from bci_qif.finetuning import _exclusive
+path, staged = map(Path, sys.argv[1:])
+with _exclusive(path):
+    print("locked", flush=True)
+    sys.stdin.readline()
+    os.replace(staged, path)
+"""
+
+
+class _ReleaseWhenWaiting(logging.Handler):
+    """Tells the lock holder to finish once this process reports that it waits for it."""
+
+    def __init__(self, holder):
+        super().__init__(level=logging.INFO)
+        self.holder = holder
+
+    def emit(self, record):
+        if "waiting for another process" in record.getMessage():
+            self.holder.stdin.write("go\n")
+            self.holder.stdin.flush()
+
+
+def test_a_second_request_waits_for_the_pretraining_under_way(trials, cache, monkeypatch, caplog):
+    X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
+    others = groups == 1
+    base = QIFClassifier(**SMALL, sfreq=trials.sfreq)
+    fitted = QIFClassifier(**SMALL, sfreq=trials.sfreq).fit(X[others], y[others], groups=groups[others])
+    path = cache / f"{_fingerprint(base, X[others], y[others], groups[others])}.npz"
+    staged = cache.parent / "staged.npz"
+    fitted.save(staged)
+    holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(path), str(staged)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    release = _ReleaseWhenWaiting(holder)
+    logger = logging.getLogger("bci_qif.finetuning")
+    logger.addHandler(release)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert not path.exists()  # a request now would pretrain, were it not for the lock
+
+        def pretrain_again(*args, **kwargs):
+            raise AssertionError("pretrained a second time instead of waiting for the first")
+
+        monkeypatch.setattr(QIFClassifier, "fit", pretrain_again)
+        with caplog.at_level(logging.INFO, logger="bci_qif.finetuning"):
+            model = pretrained_model(base, X[others], y[others], groups[others])
+    finally:
+        logger.removeHandler(release)
+        holder.stdin.close()
+        assert holder.wait(timeout=120) == 0
+    assert "waiting for another process" in caplog.text
+    np.testing.assert_allclose(model.predict_proba(X[~others]), fitted.predict_proba(X[~others]), rtol=1e-6)
 
 
 def test_clear_errors(trials, cache, data_root, capsys):
