@@ -12,7 +12,11 @@ fold, variants adapt it to the subject with the training fold only:
   from its pretrained weights on the training fold's trials alone
   (:meth:`QIFClassifier.fine_tune`);
 * ``ftout_<lr>_<epochs>``: the same, training the output layer only
-  (``fine_tune(output_only=True)``; the hidden layer keeps its pretrained weights).
+  (``fine_tune(output_only=True)``; the hidden layer keeps its pretrained weights);
+* ``ft_auto``: fine-tuning epochs chosen per user: the trials it adapts on are split
+  once more (stratified 75/25), each of ``AUTO_EPOCHS`` (0: zero-shot) is fine-tuned on
+  the 75 % and scored (acc_ord) on the 25 %, and the best (ties: the one nearest the
+  default, 20) is fine-tuned on all of them. Peak learning rate 3e-3.
 
 ``--pretrain`` changes the pretrained decoder's settings (``PRETRAIN`` below; the
 variant names then carry it as a prefix, e.g. ``h32/ft_3e-3_20``). Pretrained models
@@ -57,7 +61,9 @@ VARIANTS = {
     "ft_1e-2_30": (1e-2, 30, False),
     "ftout_1e-2_20": (1e-2, 20, True),
     "ftout_3e-2_20": (3e-2, 20, True),
+    "ft_auto": "auto",
 }
+AUTO_EPOCHS = (0, 10, 20, 40)
 
 # name -> settings of the pretrained QIFClassifier that differ from the shipped default.
 PRETRAIN = {
@@ -72,9 +78,18 @@ PRETRAIN = {
 }
 
 
-def _adapted(pretrained, variant, X, y):
+def _auto_epochs(pretrained, X, y, seed):
+    """Fine-tuning epochs chosen on a stratified 75/25 split of the user's trials ``X``."""
+    fit, val = _inner_split(y, None, "within-subject", seed)
+    scores = [_adapted(pretrained, (3e-3, epochs, False) if epochs else None, X[fit], y[fit])
+              .spiking_metrics(X[val], y[val])["acc_ord"] for epochs in AUTO_EPOCHS]
+    best = [epochs for epochs, score in zip(AUTO_EPOCHS, scores) if score == max(scores)]
+    return min(best, key=lambda epochs: abs(epochs - 20))
+
+
+def _adapted(pretrained, setting, X, y):
+    """A copy of ``pretrained`` adapted to the trials ``X`` as ``setting`` (a ``VARIANTS`` value) says."""
     model = copy.deepcopy(pretrained)
-    setting = VARIANTS[variant]
     if setting is None:
         return model.calibrate(X)
     learning_rate, epochs, output_only = setting
@@ -94,13 +109,17 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
         for variant in variants:
             t1 = time.perf_counter()
             for part, fit_idx, score_idx in (("inner", train[inner_train], train[inner_val]), ("outer", train, test)):
-                model = _adapted(pretrained, variant, X[fit_idx], y[fit_idx])
+                setting = VARIANTS[variant]
+                if setting == "auto":
+                    epochs = _auto_epochs(pretrained, X[fit_idx], y[fit_idx], seed + fold)
+                    setting = (3e-3, epochs, False) if epochs else None
+                model = _adapted(pretrained, setting, X[fit_idx], y[fit_idx])
                 # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
                 name = variant if pretrain == "default" else f"{pretrain}/{variant}"
                 rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=acc,
-                                 acc_ord=acc_ord, failed=0))
+                                 acc_ord=acc_ord, failed=0, epochs=setting[1] if setting else 0))
             rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
     return rows
 
