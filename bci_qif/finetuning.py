@@ -15,7 +15,8 @@ Which subject is the user comes in as ``target_group`` (the evaluation passes th
 subject a fold tests, through scikit-learn metadata routing). The pretrained model
 holds none of the user's trials, so all folds of a user share it: it is kept in the
 bci_qif cache folder (``pretrained/``, one ``.npz`` per model, no pickle), keyed by
-a hash of its training trials and settings.
+a hash of its training trials and settings (:func:`pretrained_model`; parallel
+processes that need the same model wait for the one fitting it).
 """
 
 from __future__ import annotations

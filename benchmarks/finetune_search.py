@@ -155,7 +155,11 @@ def main(argv=None):
     frame = pd.DataFrame([r for chunk in rows for r in chunk]).fillna({"seconds": 0.0})
     frame["protocol"] = "within-subject-pretrained"
     if args.out:
-        frame.to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+        # Rows of earlier runs first; the columns are aligned by name (older files have no ``epochs``).
+        earlier = [pd.read_csv(args.out)] if args.out.exists() else []
+        partial = args.out.with_name(args.out.name + ".partial")
+        pd.concat(earlier + [frame], ignore_index=True).to_csv(partial, index=False)
+        partial.replace(args.out)  # atomic: an interrupted write leaves the earlier rows intact
     print(f"{time.perf_counter() - t0:.0f} s", flush=True)
     print(summarize(frame).round(3).to_string())
 
