@@ -25,7 +25,10 @@ Encodings (``--encodings``, comma-separated):
   dispersion (the stretch of Riemannian Procrustes analysis; the test subject's scale from its
   training trials);
 * ``pool_fb`` / ``pool_fb_stretch``: ``pool`` / ``pool_stretch`` on the filter bank (each sub-band
-  re-centred on its own, tangent vectors concatenated).
+  re-centred on its own, tangent vectors concatenated);
+* ``pool_halves`` / ``pool_thirds``: ``pool`` on the covariances of the trial's two halves (0-1.5 s,
+  1.5-3 s) or three thirds, each re-centred on its own, vectors concatenated: is there class
+  information in how the trial evolves, which a time-resolved input to the spiking network could use?
 
 Run::
 
@@ -58,6 +61,7 @@ MOTOR_CHANNELS = ["FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "C5", "C3", "
 SUB_BANDS = [(8, 12), (12, 16), (16, 20), (20, 24), (24, 30)]
 CROP_STARTS_S = (0.0, 0.25, 0.5, 0.75, 1.0)
 CROP_LENGTH_S = 2.0
+SEGMENTS = {"halves": 2, "thirds": 3}  # equal consecutive parts of the trial
 
 
 def _covariances(X):
@@ -75,6 +79,9 @@ def _needed_sets(name):
     suffix = "_motor" if "motor" in name else ""
     if name.startswith("fb") or name.startswith("pool_fb"):
         return {"fb" + suffix}
+    for kind in SEGMENTS:
+        if name.startswith(f"pool_{kind}"):
+            return {kind + suffix}
     if name.startswith("crops"):
         return {"crops" + suffix, "full" + suffix}  # crops use the full trials' reference point
     return {"full" + suffix}
@@ -91,6 +98,9 @@ class Encodings:
             Xc = X[:, motor] if key.endswith("_motor") else X
             if key.startswith("full"):
                 self.sets[key] = [_covariances(Xc)]
+            elif key.split("_")[0] in SEGMENTS:
+                edges = np.linspace(0, Xc.shape[-1], SEGMENTS[key.split("_")[0]] + 1).astype(int)
+                self.sets[key] = [_covariances(Xc[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
             elif key.startswith("fb"):
                 self.sets[key] = [
                     _covariances(sosfiltfilt(butter(4, band, btype="band", fs=sfreq, output="sos"), Xc, axis=-1))
@@ -121,7 +131,8 @@ def _aligned_vectors(covs, mean):
 
 
 def _pooled_set(name):
-    return ("fb" if "_fb" in name else "full") + ("_motor" if "motor" in name else "")
+    kind = next((k for k in ("fb", *SEGMENTS) if f"_{k}" in name), "full")
+    return kind + ("_motor" if "motor" in name else "")
 
 
 def _score_pooled(name, enc, y, subjects, train, test):
@@ -180,7 +191,7 @@ def run_split(name, enc, y, subjects, split, seed):
 
 NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
          "pool_zero", "pool_w5", "pool_w20", "pool_stretch", "pool_fb",
-         "pool_fb_stretch")
+         "pool_fb_stretch", "pool_halves", "pool_thirds")
 
 
 def main(argv=None):
