@@ -77,11 +77,10 @@ def _recentred(covs, mean):
 def _needed_sets(name):
     """Covariance sets an encoding reads: ``full``, ``fb`` or ``crops``, with ``_motor``."""
     suffix = "_motor" if "motor" in name else ""
-    if name.startswith("fb") or name.startswith("pool_fb"):
+    if name.startswith("pool"):
+        return {_pooled_set(name)}
+    if name.startswith("fb"):
         return {"fb" + suffix}
-    for kind in SEGMENTS:
-        if name.startswith(f"pool_{kind}"):
-            return {kind + suffix}
     if name.startswith("crops"):
         return {"crops" + suffix, "full" + suffix}  # crops use the full trials' reference point
     return {"full" + suffix}
@@ -96,10 +95,11 @@ class Encodings:
         self.sets = {}
         for key in sorted(set().union(*map(_needed_sets, names))):
             Xc = X[:, motor] if key.endswith("_motor") else X
+            kind = key.removesuffix("_motor")
             if key.startswith("full"):
                 self.sets[key] = [_covariances(Xc)]
-            elif key.split("_")[0] in SEGMENTS:
-                edges = np.linspace(0, Xc.shape[-1], SEGMENTS[key.split("_")[0]] + 1).astype(int)
+            elif kind in SEGMENTS:
+                edges = np.linspace(0, Xc.shape[-1], SEGMENTS[kind] + 1).astype(int)
                 self.sets[key] = [_covariances(Xc[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
             elif key.startswith("fb"):
                 self.sets[key] = [
