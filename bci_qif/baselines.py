@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BASELINES",
     "SubjectRecentering",
+    "TrialPart",
     "consumes_groups",
     "make_baseline",
 ]
@@ -199,6 +200,37 @@ class SubjectRecentering(TransformerMixin, BaseEstimator):
         return X, groups
 
 
+class TrialPart(TransformerMixin, BaseEstimator):
+    """Keep one of ``n_parts`` consecutive, equal parts of every trial.
+
+    The parts are cut as :class:`bci_qif.encoding.TangentSpaceEncoder` cuts its
+    segments, so a baseline on the parts sees the same samples as the spiking decoder.
+
+    Parameters
+    ----------
+    index : int
+        Which part, from 0 (the first) to ``n_parts - 1``.
+    n_parts : int
+        Number of parts the trial is cut into.
+    """
+
+    def __init__(self, index=0, n_parts=2):
+        self.index = index
+        self.n_parts = n_parts
+
+    def fit(self, X, y=None):
+        """Check the settings; nothing is learned."""
+        if not 0 <= self.index < self.n_parts:
+            raise ValueError(f"index must be in [0, {self.n_parts}), got {self.index!r}")
+        return self
+
+    def transform(self, X):
+        """The part's samples: ``(n_trials, n_channels, ~n_times / n_parts)``."""
+        X = np.asarray(X)
+        edges = np.linspace(0, X.shape[-1], self.n_parts + 1).astype(int)
+        return X[..., edges[self.index]:edges[self.index + 1]]
+
+
 def _covariances() -> object:
     from pyriemann.estimation import Covariances
 
@@ -246,6 +278,31 @@ def _ts_lr_recentered() -> Pipeline:
     )
 
 
+def _ts_lr_halves_recentered() -> Pipeline:
+    from pyriemann.tangentspace import TangentSpace
+    from sklearn.pipeline import FeatureUnion
+
+    # Each half of the trial (0-1.5 s, 1.5-3 s) gets its own covariance, re-centring
+    # and tangent map; logistic regression sees both vectors (the linear counterpart of
+    # QIFClassifier(n_segments=2)).
+    def half(index):
+        return Pipeline(
+            [
+                ("part", TrialPart(index=index, n_parts=2)),
+                ("cov", _covariances()),
+                ("recenter", SubjectRecentering()),
+                ("ts", TangentSpace(metric="riemann")),
+            ]
+        )
+
+    return Pipeline(
+        [
+            ("halves", FeatureUnion([("first", half(0)), ("second", half(1))])),
+            ("lr", LogisticRegression(max_iter=1000)),
+        ]
+    )
+
+
 #: Registry of baseline builders: name -> zero-argument callable returning a fresh,
 #: unfitted estimator for trials of shape (n_trials, n_channels, n_times).
 BASELINES: dict[str, Callable[[], BaseEstimator]] = {
@@ -253,6 +310,7 @@ BASELINES: dict[str, Callable[[], BaseEstimator]] = {
     "ts_lr": _ts_lr,
     "mdm": _mdm,
     "ts_lr_recentered": _ts_lr_recentered,
+    "ts_lr_halves_recentered": _ts_lr_halves_recentered,
 }
 
 
@@ -266,7 +324,9 @@ def make_baseline(name: str, sfreq: float | None = None) -> BaseEstimator:
         ``"ts_lr"`` (OAS covariances + Riemannian tangent space + logistic regression),
         ``"mdm"`` (OAS covariances + minimum distance to Riemannian mean),
         ``"ts_lr_recentered"`` (as ``ts_lr``, with each subject's covariances
-        re-centred to the identity by :class:`SubjectRecentering`).
+        re-centred to the identity by :class:`SubjectRecentering`),
+        ``"ts_lr_halves_recentered"`` (as ``ts_lr_recentered`` on each half of the
+        trial, the two tangent vectors concatenated).
     sfreq : float | None
         Sampling frequency of the trials in Hz. The current baselines work on
         band-passed trials and do not need it; it is accepted (and validated) so that

@@ -27,7 +27,8 @@ from .protocols import PROTOCOLS
 
 __all__ = ["load_config", "validate_config", "DEFAULTS", "PIPELINE_NAMES"]
 
-PIPELINE_NAMES = ("qif", "lif", "qif_finetuned", "csp_lda", "ts_lr", "ts_lr_recentered", "mdm")
+PIPELINE_NAMES = ("qif", "lif", "qif_finetuned", "csp_lda", "ts_lr", "ts_lr_recentered", "ts_lr_halves_recentered",
+                  "mdm")
 
 DEFAULTS = {
     "dataset": {"task": "left_right_imagery", "subjects": "all"},
@@ -68,8 +69,9 @@ def _check_values(section, values):
     """Type and range checks of the model / training values that are present."""
     from .encoding import ENCODERS
 
-    choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64")}
-    positive_ints = ("epochs", "batch_size", "n_members")
+    choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64"),
+               "scale": ("feature", "common")}
+    positive_ints = ("epochs", "batch_size", "n_members", "n_segments")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
     non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "input_noise")
 

@@ -20,7 +20,10 @@ An encoder is a scikit-learn transformer fitted on *training* trials only. It ma
     PCA fitted on the training trials. The vector is presented as a constant
     current for the whole trial (one identical event per frame), so the network
     sees the same information as tangent space + logistic regression and decides
-    by which output neuron it drives to fire first.
+    by which output neuron it drives to fire first. With ``n_segments`` > 1 the
+    trial is cut into that many consecutive equal parts, each with its own
+    covariance, alignment and tangent map, and the vectors are concatenated: the
+    features then say how the rhythms change during the trial.
 
 Encoders store their learned state as plain arrays (:meth:`to_arrays` /
 :meth:`from_arrays`) so checkpoints never need pickle.
@@ -189,7 +192,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         which the synaptic filter turns into a nearly constant current.
     n_components : int or None
         Keep this many principal components of the standardized tangent vectors (PCA
-        fitted on the training trials); ``None`` keeps all ``c (c + 1) / 2``.
+        fitted on the training trials); ``None`` keeps all ``n_segments c (c + 1) / 2``.
     recenter : bool
         Re-centre each subject's covariances to the identity by that subject's own
         Riemannian mean before the tangent map (unsupervised alignment across
@@ -200,6 +203,25 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         every trial is treated as coming from the training subject (the pooled
         training mean when several subjects were seen), or, after
         :meth:`calibrate`, from the calibrated user: what real-time windows need.
+    n_segments : int
+        Cut every trial (or real-time window) into this many consecutive parts of
+        equal length. Each part has its own covariance, reference point and subject
+        means (part ``k`` of a trial is only ever compared with part ``k`` of
+        others); the parts' tangent vectors are concatenated into one feature
+        vector. 1 (one covariance of the whole trial) is the classical encoding.
+    scale : {"feature", "common"}
+        ``"feature"`` divides every feature by its own training standard deviation;
+        ``"common"`` divides all of them by one number (the root mean square of
+        those deviations), which keeps the tangent space's own relative scales: a
+        feature that barely varies stays small instead of being blown up to the
+        size of the informative ones.
+
+    Attributes
+    ----------
+    reference_ : ndarray, shape (n_segments, n_channels, n_channels)
+        Tangent point of each part (before re-centring: the training mean).
+    subject_means_ : ndarray, shape (n_subjects, n_segments, n_channels, n_channels)
+        Riemannian mean of each training subject's trials, per part.
 
     Notes
     -----
@@ -210,11 +232,13 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
     __metadata_request__fit = {"groups": True}
     __metadata_request__transform = {"groups": True}
 
-    def __init__(self, sfreq=160.0, rate_hz=10.0, n_components=None, recenter=False):
+    def __init__(self, sfreq=160.0, rate_hz=10.0, n_components=None, recenter=False, n_segments=1, scale="feature"):
         self.sfreq = sfreq
         self.rate_hz = rate_hz
         self.n_components = n_components
         self.recenter = recenter
+        self.n_segments = n_segments
+        self.scale = scale
 
     @property
     def frame_rate(self):
@@ -223,16 +247,30 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
             raise ValueError(f"rate_hz must be positive, got {self.rate_hz!r}")
         return float(self.rate_hz)
 
-    @staticmethod
-    def _covariances(X):
+    def _covariances(self, X):
+        """Covariances of the trials' consecutive parts: ``(n_trials, n_segments, c, c)``."""
         from pyriemann.estimation import Covariances
 
-        return Covariances(estimator="oas").transform(X)
+        n_segments = self.n_segments
+        if not (isinstance(n_segments, (int, np.integer)) and n_segments >= 1):
+            raise ValueError(f"n_segments must be a positive integer, got {n_segments!r}")
+        # Each part needs two samples for a covariance at all (OAS shrinkage copes with
+        # fewer samples than channels).
+        if X.shape[-1] < 2 * n_segments:
+            raise ValueError(f"trials of {X.shape[-1]} samples cannot be cut into {n_segments} parts")
+        edges = np.linspace(0, X.shape[-1], n_segments + 1).astype(int)
+        estimator = Covariances(estimator="oas")
+        return np.stack([estimator.transform(X[..., a:b]) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+
+    @staticmethod
+    def _mean(covs):
+        """Riemannian mean of ``(n, n_segments, c, c)`` covariances, per part."""
+        from pyriemann.geometry.mean import mean_riemann
+
+        return np.stack([mean_riemann(covs[:, k]) for k in range(covs.shape[1])])
 
     def _subject_mean(self, subject, covs):
         """Training mean of a known subject, else the Riemannian mean of ``covs``."""
-        from pyriemann.geometry.mean import mean_riemann
-
         known = np.flatnonzero(self.subject_ids_ == subject) if subject is not None else []
         if len(known):
             return self.subject_means_[known[0]]
@@ -241,7 +279,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         if subject is None or len(covs) < 2:
             # One real-time window carries no estimate of a mean: use training's.
             return self.reference_
-        return mean_riemann(covs)
+        return self._mean(covs)
 
     def calibrate(self, X):
         """Align un-grouped trials by the mean of a user's unlabelled EEG from now on.
@@ -257,8 +295,6 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        from pyriemann.geometry.mean import mean_riemann
-
         self._require_alignment("calibrate")
         if X is None:
             self.running_mean_, self.live_count_ = None, 0
@@ -266,7 +302,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         X = self._check_user_windows(X, "calibrate")
         if len(X) < 2:
             raise ValueError(f"calibrate needs at least 2 windows of {self.n_channels_} channels, got shape {X.shape}")
-        self.running_mean_, self.live_count_ = mean_riemann(self._covariances(X)), len(X)
+        self.running_mean_, self.live_count_ = self._mean(self._covariances(X)), len(X)
         return self
 
     def adapt(self, X):
@@ -292,13 +328,16 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         mean, count = getattr(self, "running_mean_", None), getattr(self, "live_count_", 0)
         for cov in self._covariances(self._check_user_windows(X, "adapt")):
             count += 1
-            mean = cov if count == 1 else geodesic_riemann(mean, cov, 1.0 / count)
+            mean = cov if count == 1 else np.stack([geodesic_riemann(m, c, 1.0 / count) for m, c in zip(mean, cov)])
         self.running_mean_, self.live_count_ = mean, count
         return self
 
     @property
     def live_mean_(self):
-        """The user's mean that aligns un-grouped trials (:meth:`calibrate`, :meth:`adapt`), else None."""
+        """The user's mean that aligns un-grouped trials (:meth:`calibrate`, :meth:`adapt`), else None.
+
+        Shape ``(n_segments, n_channels, n_channels)``.
+        """
         # One window aligned by itself would be the identity: a mean needs two.
         return self.running_mean_ if getattr(self, "live_count_", 0) >= 2 else None
 
@@ -334,17 +373,17 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         return X
 
     def _aligned(self, covs, groups):
-        """Tangent-space inputs: (covariances, reference point)."""
+        """Tangent-space inputs: (covariances, reference point of each part)."""
         if not self.recenter:
             return covs, self.reference_
         from pyriemann.geometry.base import invsqrtm
 
-        def whiten(c, mean):
-            w = invsqrtm(mean)
+        def whiten(c, mean):  # c: (n, n_segments, ch, ch), mean: (n_segments, ch, ch)
+            w = np.stack([invsqrtm(m) for m in mean])
             aligned = w @ c @ w
             return 0.5 * (aligned + np.swapaxes(aligned, -1, -2))  # exact symmetry for logm
 
-        identity = np.eye(covs.shape[1])
+        identity = np.broadcast_to(np.eye(covs.shape[-1]), covs.shape[1:])
         if groups is None:
             return whiten(covs, self._subject_mean(None, covs)), identity
         groups = np.asarray(groups)
@@ -356,28 +395,31 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _tangent_vectors(covs, reference):
+        """Concatenated tangent vectors of every part, each at its own reference point."""
         from pyriemann.geometry.tangentspace import tangent_space
 
-        return tangent_space(covs, reference, metric="riemann")
+        return np.hstack([tangent_space(covs[:, k], reference[k], metric="riemann") for k in range(covs.shape[1])])
 
     def fit(self, X, y=None, groups=None):
         """Fit the reference point(s), standardization and PCA on training trials."""
-        from pyriemann.geometry.mean import mean_riemann
-
+        if self.scale not in ("feature", "common"):
+            raise ValueError(f"scale must be 'feature' or 'common', got {self.scale!r}")
         X = _check_trials(X)
         covs = self._covariances(X)
-        self.reference_ = mean_riemann(covs)
+        self.reference_ = self._mean(covs)
         self.subject_ids_ = np.zeros(0, dtype=np.int64)
         self.subject_means_ = np.zeros((0,) + covs.shape[1:])
         if self.recenter:
             groups = np.zeros(len(covs), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
             self.subject_ids_ = np.unique(groups)
-            self.subject_means_ = np.stack([mean_riemann(covs[groups == g]) for g in self.subject_ids_])
+            self.subject_means_ = np.stack([self._mean(covs[groups == g]) for g in self.subject_ids_])
             if len(self.subject_ids_) == 1:  # un-grouped transforms then use this subject's mean
                 self.reference_ = self.subject_means_[0]
         vectors = self._tangent_vectors(*self._aligned(covs, groups))
         self.mean_ = vectors.mean(axis=0)
         self.std_ = vectors.std(axis=0) + 1e-12
+        if self.scale == "common":  # average feature variance 1, relative scales kept
+            self.std_ = np.full_like(self.std_, np.sqrt(np.mean(self.std_**2)))
         z = (vectors - self.mean_) / self.std_
         # An empty projection means "keep every feature" (no 2080 x 2080 identity stored).
         self.components_ = np.zeros((0, z.shape[1]))
@@ -418,6 +460,13 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         """Restore learned state written by :meth:`to_arrays`."""
         for name in ("reference", "mean", "std", "components", "subject_means"):
             setattr(self, f"{name}_", np.asarray(arrays[name], dtype=np.float64))
+        # Files written before n_segments existed hold one (c, c) matrix per point.
+        if self.reference_.ndim == 2:
+            self.reference_ = self.reference_[None]
+            self.subject_means_ = self.subject_means_[:, None]
+        if len(self.reference_) != self.n_segments:
+            raise ValueError(f"the saved encoder has {len(self.reference_)} segments, this one n_segments="
+                             f"{self.n_segments}")
         self.subject_ids_ = np.asarray(arrays["subject_ids"], dtype=np.int64)
         self.n_channels_ = int(arrays["n_channels"])
         return self

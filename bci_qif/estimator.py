@@ -128,6 +128,15 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         evaluation passes them through scikit-learn metadata routing. A subject seen
         in training keeps its training mean; without ``groups`` every trial counts
         as the training subject, so single-subject use is unaffected.
+    n_segments : int
+        ``"tangent_space"`` only: cut each trial (and each real-time window) into
+        this many consecutive equal parts, each with its own covariance, alignment
+        and tangent map, and feed the network their concatenated vectors (see
+        :class:`bci_qif.encoding.TangentSpaceEncoder`).
+    scale : {"feature", "common"}
+        ``"tangent_space"`` only: standardize each feature by its own training
+        deviation, or all of them by one common deviation (keeps the tangent
+        space's relative scales; see :class:`bci_qif.encoding.TangentSpaceEncoder`).
     rate_hz : float
         Frame rate of the encoded features (one input event per frame).
     input_gain : float
@@ -180,16 +189,18 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
     # Defaults: the decoder chosen by nested validation (configs/default.yaml).
     def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
-                 recenter=True, rate_hz=10.0, input_gain=1.0, weight_scale=2.0, bias=0.3, epochs=30, batch_size=32,
-                 learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0, input_noise=2.0, gamma=0.01,
-                 readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None, n_members=3, random_state=0,
-                 dtype="float32", verbose=False):
+                 recenter=True, n_segments=1, scale="feature", rate_hz=10.0, input_gain=1.0, weight_scale=2.0,
+                 bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0,
+                 input_noise=2.0, gamma=0.01, readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None,
+                 n_members=3, random_state=0, dtype="float32", verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
         self.tau = tau
         self.encoding = encoding
         self.n_components = n_components
         self.recenter = recenter
+        self.n_segments = n_segments
+        self.scale = scale
         self.rate_hz = rate_hz
         self.input_gain = input_gain
         self.weight_scale = weight_scale
@@ -239,7 +250,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         if self.encoding == "csp_power":
             return {"n_components": 8 if self.n_components is None else self.n_components, "rate_hz": self.rate_hz}
         if self.encoding == "tangent_space":
-            return {"n_components": self.n_components, "rate_hz": self.rate_hz, "recenter": bool(self.recenter)}
+            return {"n_components": self.n_components, "rate_hz": self.rate_hz, "recenter": bool(self.recenter),
+                    "n_segments": self.n_segments, "scale": self.scale}
         return {"rate_hz": self.rate_hz}
 
     def _encode(self, data, groups=None):

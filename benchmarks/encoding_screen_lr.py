@@ -29,6 +29,10 @@ Encodings (``--encodings``, comma-separated):
 * ``pool_halves`` / ``pool_thirds``: ``pool`` on the covariances of the trial's two halves (0-1.5 s,
   1.5-3 s) or three thirds, each re-centred on its own, vectors concatenated: is there class
   information in how the trial evolves, which a time-resolved input to the spiking network could use?
+* ``pool_std`` / ``pool_halves_std``: ``pool`` / ``pool_halves`` with the features standardized on the
+  training side (as the spiking decoder's encoder standardizes them);
+* ``halves`` / ``thirds``: the same parts from the subject's own trials only (``all`` per part,
+  tangent vectors concatenated; the counterpart of a decoder trained on the user's data alone).
 
 Run::
 
@@ -83,6 +87,8 @@ def _needed_sets(name):
         return {"fb" + suffix}
     if name.startswith("crops"):
         return {"crops" + suffix, "full" + suffix}  # crops use the full trials' reference point
+    if name in SEGMENTS:
+        return {name}
     return {"full" + suffix}
 
 
@@ -157,8 +163,12 @@ def _score_pooled(name, enc, y, subjects, train, test):
     labels = np.concatenate([y[subjects == s] for s in other_ids] + [y[train]])
     own_weight = {"pool_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
     weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
-    model = LogisticRegression(max_iter=2000).fit(np.hstack(fit_parts), labels, sample_weight=weights)
-    return model.score(np.hstack(test_parts), y[test])
+    fit_features, test_features = np.hstack(fit_parts), np.hstack(test_parts)
+    if name.endswith("_std"):  # standardized on the training side, as the spiking decoder's encoder does
+        scaler = StandardScaler().fit(fit_features)
+        fit_features, test_features = scaler.transform(fit_features), scaler.transform(test_features)
+    model = LogisticRegression(max_iter=2000).fit(fit_features, labels, sample_weight=weights)
+    return model.score(test_features, y[test])
 
 
 def score(name, enc, y, subjects, train, test):
@@ -173,7 +183,7 @@ def score(name, enc, y, subjects, train, test):
                       + [reference.transform(c[train]) for c in enc.sets["crops" + suffix]])
         labels = np.tile(y[train], 1 + len(enc.sets["crops" + suffix]))
         return LogisticRegression(max_iter=2000).fit(a, labels).score(reference.transform(full[test]), y[test])
-    key = ("fb" if name.startswith("fb") else "full") + suffix
+    key = name if name in SEGMENTS else ("fb" if name.startswith("fb") else "full") + suffix
     a, b = _tangent(enc.sets[key], train, test)
     if name.endswith("_std"):
         scaler = StandardScaler().fit(a)
@@ -191,7 +201,7 @@ def run_split(name, enc, y, subjects, split, seed):
 
 NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
          "pool_zero", "pool_w5", "pool_w20", "pool_stretch", "pool_fb",
-         "pool_fb_stretch", "pool_halves", "pool_thirds")
+         "pool_fb_stretch", "pool_halves", "pool_thirds", "halves", "thirds", "pool_std", "pool_halves_std")
 
 
 def main(argv=None):

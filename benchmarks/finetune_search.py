@@ -75,6 +75,16 @@ PRETRAIN = {
     "ep60": dict(epochs=60),
     "noise1": dict(input_noise=1.0),
     "noise3": dict(input_noise=3.0),
+    "seg2": dict(n_segments=2),  # the trial's two halves, each its own covariance (encoding_screen_lr pool_halves)
+    "seg3": dict(n_segments=3),
+    # Halves repeat much of the whole trial's information: the same noise per feature
+    # regularizes less, so also screen more of it.
+    "seg2_noise3": dict(n_segments=2, input_noise=3.0),
+    "seg2_noise4": dict(n_segments=2, input_noise=4.0),
+    # One common scale for all features instead of a z-score per feature (encoding_screen_lr
+    # pool_std: the per-feature z-score costs the linear readout 3 points).
+    "common": dict(scale="common"),
+    "seg2_common": dict(n_segments=2, scale="common"),
 }
 
 

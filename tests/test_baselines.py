@@ -7,7 +7,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-from bci_qif.baselines import BASELINES, SubjectRecentering, consumes_groups, make_baseline
+from bci_qif.baselines import BASELINES, SubjectRecentering, TrialPart, _covariances, consumes_groups, make_baseline
 
 
 def _riemann_mean(covs):
@@ -42,7 +42,7 @@ def _imagery_like_trials(rng, n_trials, n_channels=8, n_times=200, gains=None):
 
 
 def test_registry_names():
-    assert set(BASELINES) == {"csp_lda", "ts_lr", "mdm", "ts_lr_recentered"}
+    assert set(BASELINES) == {"csp_lda", "ts_lr", "mdm", "ts_lr_recentered", "ts_lr_halves_recentered"}
 
 
 def test_make_baseline_rejects_unknown_names_and_bad_sfreq():
@@ -70,9 +70,9 @@ def test_baselines_are_fresh_clonable_and_learn(name):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
 
-def test_only_the_recentered_baseline_asks_for_subject_ids():
+def test_only_the_recentered_baselines_ask_for_subject_ids():
     for name in BASELINES:
-        wants = name == "ts_lr_recentered"
+        wants = name.endswith("_recentered")
         for method in ("fit", "predict", "predict_proba"):
             assert consumes_groups(make_baseline(name), method) is wants
     assert consumes_groups(object()) is False
@@ -155,3 +155,40 @@ def test_recentering_transfers_across_subjects_with_different_channel_gains():
         model = make_baseline("ts_lr_recentered").fit(X_a, y_a, groups=groups_a)
         accuracy = np.mean(model.predict(X_b, groups=groups_b) == y_b)
     assert accuracy > 0.9
+
+
+def test_halves_baseline_reads_the_time_course_that_one_covariance_averages_away():
+    # Class 0: channel 0 strong in the first half, channel 1 in the second; class 1 the
+    # reverse. The whole trial's covariance has the same law for both classes, each
+    # half's does not.
+    rng = np.random.default_rng(5)
+    n_trials, n_channels, n_times = 120, 6, 200
+    y = np.arange(n_trials) % 2
+    X = rng.standard_normal((n_trials, n_channels, n_times))
+    first, second = slice(0, n_times // 2), slice(n_times // 2, n_times)
+    X[y == 0, 0, first] *= 2.5
+    X[y == 0, 1, second] *= 2.5
+    X[y == 1, 1, first] *= 2.5
+    X[y == 1, 0, second] *= 2.5
+    groups = np.zeros(n_trials, dtype=int)
+    scores = {}
+    with sklearn.config_context(enable_metadata_routing=True):
+        for name in ("ts_lr_recentered", "ts_lr_halves_recentered"):
+            model = make_baseline(name).fit(X[:80], y[:80], groups=groups[:80])
+            scores[name] = np.mean(model.predict(X[80:], groups=groups[80:]) == y[80:])
+    assert scores["ts_lr_halves_recentered"] > 0.9 and scores["ts_lr_recentered"] < 0.75
+
+
+def test_trial_parts_are_the_encoder_segments():
+    from bci_qif.encoding import TangentSpaceEncoder
+
+    X = np.random.default_rng(6).standard_normal((3, 2, 481))
+    parts = [TrialPart(index=k, n_parts=3).fit(X).transform(X) for k in range(3)]
+    assert [p.shape[-1] for p in parts] == [160, 160, 161]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=-1), X)
+    encoder = TangentSpaceEncoder(n_segments=3)
+    expected = encoder._covariances(X)
+    for k, part in enumerate(parts):
+        np.testing.assert_allclose(expected[:, k], _covariances().transform(part))
+    with pytest.raises(ValueError, match="index must be in"):
+        TrialPart(index=3, n_parts=3).fit(X)

@@ -226,7 +226,8 @@ def test_single_class_is_an_error(trials):
 
 
 @pytest.mark.parametrize("param, value", [("neuron", "izhikevich"), ("dtype", "float16"), ("encoding", "wavelets"),
-                                          ("tau", 0.0), ("n_members", 0), ("n_members", 1.5)])
+                                          ("tau", 0.0), ("n_members", 0), ("n_members", 1.5),
+                                          ("n_segments", 0)])
 def test_bad_hyperparameters_are_named(trials, param, value):
     with pytest.raises(ValueError, match=param):
         QIFClassifier(**dict(SMALL, **{param: value}), sfreq=trials.sfreq).fit(trials.data, trials.labels)
@@ -260,6 +261,18 @@ def test_tangent_space_decoder_learns_round_trips_and_decodes_windows(trials, tm
     assert windows["probabilities"].shape == (3, 2) and windows["window_s"] == 2.0
 
 
+def test_segmented_decoder_sees_both_halves_round_trips_and_decodes_windows(trials, tmp_path):
+    clf = QIFClassifier(**SMALL, n_segments=2, sfreq=trials.sfreq).fit(trials.data, trials.labels)
+    assert clf.members_[0][0]["w"].shape == (16, 2 * 2080)  # the two halves' tangent vectors
+    clf.save(tmp_path / "halves.npz")
+    loaded = QIFClassifier.load(tmp_path / "halves.npz")
+    assert loaded.n_segments == 2
+    np.testing.assert_array_equal(loaded.predict_proba(trials.data), clf.predict_proba(trials.data))
+    # A 2 s real-time window is cut into two 1 s halves the same way.
+    windows = loaded.calibrate(trials.data[:6, :, :320]).decode_windows(trials.data[:3, :, :320])
+    assert windows["probabilities"].shape == (3, 2) and np.all(np.isfinite(windows["probabilities"]))
+
+
 # --- a new user's alignment ----------------------------------------------------------------------
 def test_calibrate_aligns_windows_like_an_unseen_subject_and_can_be_undone(fitted, trials):
     model = copy.deepcopy(fitted)  # calibration is session state: keep the shared fixture untouched
@@ -288,15 +301,15 @@ def test_adapt_keeps_a_running_mean_that_matches_the_batch_calibration(fitted, t
         model.adapt(window[None])
     encoder = model.encoder_
     assert encoder.live_count_ == 12
-    covs = encoder._covariances(windows)
+    covs = encoder._covariances(windows)[:, 0]  # the one segment of a whole window
     batch = mean_riemann(covs)
     spread = np.mean([distance_riemann(c, batch) for c in covs])
     # Geodesic steps of 1/n give the geometric mean exactly for commuting matrices and a close
     # approximation of the Riemannian (Karcher) mean otherwise.
-    assert distance_riemann(encoder.live_mean_, batch) < 0.05 * spread
+    assert distance_riemann(encoder.live_mean_[0], batch) < 0.05 * spread
     # Continuing a calibration: the calibrated windows count as the first ones.
     model.calibrate(windows[:6]).adapt(windows[6:])
-    assert encoder.live_count_ == 12 and distance_riemann(encoder.live_mean_, batch) < 0.05 * spread
+    assert encoder.live_count_ == 12 and distance_riemann(encoder.live_mean_[0], batch) < 0.05 * spread
     model.calibrate(None)
     np.testing.assert_allclose(model.decode_windows(windows)["probabilities"], before, rtol=1e-6)
     with pytest.raises(ValueError, match="64 channels"):
@@ -312,9 +325,9 @@ def test_adapt_running_mean_is_the_geometric_mean_of_commuting_matrices(trials):
     rng = np.random.default_rng(0)
     diagonals = rng.uniform(0.5, 3.0, size=(7, 4))
     encoder.n_channels_ = 4
-    encoder._covariances = lambda X: np.stack([np.diag(d) for d in diagonals[:len(X)]])
+    encoder._covariances = lambda X: np.stack([np.diag(d) for d in diagonals[:len(X)]])[:, None]
     encoder.adapt(np.zeros((7, 4, 10)))
-    np.testing.assert_allclose(np.diag(encoder.live_mean_), np.exp(np.log(diagonals).mean(axis=0)), rtol=1e-10)
+    np.testing.assert_allclose(np.diag(encoder.live_mean_[0]), np.exp(np.log(diagonals).mean(axis=0)), rtol=1e-10)
 
 
 def test_fine_tune_trains_on_from_the_fitted_weights(fitted, trials, tmp_path):

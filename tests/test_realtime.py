@@ -216,7 +216,7 @@ def test_calibration_aligns_a_new_user_before_decoding(model, recording):
         assert decoder.wait_for(lambda: len(decoder.history) >= 3, 90)
     finally:
         decoder.stop()
-    assert decoder.calibrated and model.encoder_.live_mean_.shape == (64, 64)
+    assert decoder.calibrated and model.encoder_.live_mean_.shape == (1, 64, 64)
     assert any(s == "calibrating" and "of 3 s of unlabelled EEG" in m for _, s, m in statuses)
     done = [(t, m) for t, s, m in statuses if s == "connected" and "calibrated on" in m]
     assert len(done) == 1
@@ -240,7 +240,7 @@ def test_adapt_aligns_a_new_user_while_decoding(model, recording):
     decoded, adapted = decoder.summary()["windows"], decoder.summary()["adapted_windows"]
     assert "calibrating" not in statuses and not decoder.calibrated
     # 1 s windows every 0.1 s: about one in five is folded in (more while the stream ran ahead).
-    assert 2 <= adapted <= decoded // 2 and model.encoder_.live_mean_.shape == (64, 64)
+    assert 2 <= adapted <= decoded // 2 and model.encoder_.live_mean_.shape == (1, 64, 64)
     with pytest.raises(ValueError, match="re-centres subjects"):
         fixed = copy.deepcopy(model)
         fixed.encoder_.recenter = False
