@@ -85,6 +85,7 @@ PRETRAIN = {
     # pool_std: the per-feature z-score costs the linear readout 3 points).
     "common": dict(scale="common"),
     "seg2_common": dict(n_segments=2, scale="common"),
+    "seg2_common_noise3": dict(n_segments=2, scale="common", input_noise=3.0),
 }
 
 
