@@ -3,10 +3,11 @@
 Every baseline is a scikit-learn estimator that takes raw trials of shape
 ``(n_trials, n_channels, n_times)`` and is built fresh by :func:`make_baseline`.
 
-``ts_lr_recentered`` needs to know which subject each trial belongs to. The subject
-ids travel as the ``groups`` metadata through scikit-learn's metadata routing: the
-:class:`SubjectRecentering` step requests ``groups`` in ``fit`` and ``transform``, so
-inside ``sklearn.config_context(enable_metadata_routing=True)`` a call such as
+``ts_lr_recentered`` and ``ts_lr_halves_recentered`` need to know which subject each
+trial belongs to. The subject ids travel as the ``groups`` metadata through
+scikit-learn's metadata routing: the :class:`SubjectRecentering` step requests
+``groups`` in ``fit`` and ``transform``, so inside
+``sklearn.config_context(enable_metadata_routing=True)`` a call such as
 ``pipe.fit(X, y, groups=subjects)`` or ``pipe.predict(X, groups=subjects)`` reaches it.
 :func:`consumes_groups` tells a caller (e.g. :func:`bci_qif.evaluation.evaluate`)
 whether an estimator wants the subject ids at all.
