@@ -26,6 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from .encoding import segment_bounds
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -228,8 +230,8 @@ class TrialPart(TransformerMixin, BaseEstimator):
     def transform(self, X):
         """The part's samples: ``(n_trials, n_channels, ~n_times / n_parts)``."""
         X = np.asarray(X)
-        edges = np.linspace(0, X.shape[-1], self.n_parts + 1).astype(int)
-        return X[..., edges[self.index]:edges[self.index + 1]]
+        start, stop = segment_bounds(X.shape[-1], self.n_parts)[self.index]
+        return X[..., start:stop]
 
 
 def _covariances() -> object:
@@ -266,35 +268,29 @@ def _mdm() -> Pipeline:
     return Pipeline([("cov", _covariances()), ("mdm", MDM(metric="riemann"))])
 
 
-def _ts_lr_recentered() -> Pipeline:
+def _recentered_tangent_steps() -> list:
+    """Covariance -> per-subject re-centring -> tangent space, as pipeline steps."""
     from pyriemann.tangentspace import TangentSpace
 
-    return Pipeline(
-        [
-            ("cov", _covariances()),
-            ("recenter", SubjectRecentering()),
-            ("ts", TangentSpace(metric="riemann")),
-            ("lr", LogisticRegression(max_iter=1000)),
-        ]
-    )
+    return [
+        ("cov", _covariances()),
+        ("recenter", SubjectRecentering()),
+        ("ts", TangentSpace(metric="riemann")),
+    ]
+
+
+def _ts_lr_recentered() -> Pipeline:
+    return Pipeline(_recentered_tangent_steps() + [("lr", LogisticRegression(max_iter=1000))])
 
 
 def _ts_lr_halves_recentered() -> Pipeline:
-    from pyriemann.tangentspace import TangentSpace
     from sklearn.pipeline import FeatureUnion
 
     # Each half of the trial (0-1.5 s, 1.5-3 s) gets its own covariance, re-centring
     # and tangent map; logistic regression sees both vectors (the linear counterpart of
     # QIFClassifier(n_segments=2)).
     def half(index):
-        return Pipeline(
-            [
-                ("part", TrialPart(index=index, n_parts=2)),
-                ("cov", _covariances()),
-                ("recenter", SubjectRecentering()),
-                ("ts", TangentSpace(metric="riemann")),
-            ]
-        )
+        return Pipeline([("part", TrialPart(index=index, n_parts=2))] + _recentered_tangent_steps())
 
     return Pipeline(
         [

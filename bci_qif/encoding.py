@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["CSPPowerEncoder", "SignalEncoder", "TangentSpaceEncoder", "make_encoder", "ENCODERS"]
+__all__ = ["CSPPowerEncoder", "SignalEncoder", "TangentSpaceEncoder", "make_encoder", "segment_bounds", "ENCODERS"]
 
 
 def _check_trials(X, name="X"):
@@ -45,6 +45,18 @@ def _check_trials(X, name="X"):
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinite values; clean or reject those trials first")
     return X
+
+
+def segment_bounds(n_times, n_segments):
+    """Sample ranges of ``n_segments`` consecutive, (nearly) equal parts of ``n_times`` samples.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, stop)`` of each part; together they cover every sample once.
+    """
+    edges = np.linspace(0, n_times, n_segments + 1).astype(int)
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _frame_step(sfreq, rate_hz):
@@ -258,9 +270,9 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         # fewer samples than channels).
         if X.shape[-1] < 2 * n_segments:
             raise ValueError(f"trials of {X.shape[-1]} samples cannot be cut into {n_segments} parts")
-        edges = np.linspace(0, X.shape[-1], n_segments + 1).astype(int)
         estimator = Covariances(estimator="oas")
-        return np.stack([estimator.transform(X[..., a:b]) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+        return np.stack([estimator.transform(X[..., a:b]) for a, b in segment_bounds(X.shape[-1], n_segments)],
+                        axis=1)
 
     @staticmethod
     def _mean(covs):

@@ -58,6 +58,7 @@ from sklearn.preprocessing import StandardScaler
 
 from bci_qif.config import load_config
 from bci_qif.datasets import available_subjects, load_eegbci
+from bci_qif.encoding import segment_bounds
 from bci_qif.protocols import within_subject_splits
 
 MOTOR_CHANNELS = ["FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "C5", "C3", "C1", "Cz", "C2", "C4", "C6",
@@ -105,8 +106,7 @@ class Encodings:
             if key.startswith("full"):
                 self.sets[key] = [_covariances(Xc)]
             elif kind in SEGMENTS:
-                edges = np.linspace(0, Xc.shape[-1], SEGMENTS[kind] + 1).astype(int)
-                self.sets[key] = [_covariances(Xc[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
+                self.sets[key] = [_covariances(Xc[..., a:b]) for a, b in segment_bounds(Xc.shape[-1], SEGMENTS[kind])]
             elif key.startswith("fb"):
                 self.sets[key] = [
                     _covariances(sosfiltfilt(butter(4, band, btype="band", fs=sfreq, output="sos"), Xc, axis=-1))
