@@ -37,11 +37,15 @@ Encodings (``--encodings``, comma-separated):
 Run::
 
     python benchmarks/encoding_screen_lr.py --encodings all,motor,fb,crops,pool --n-jobs 2
+
+``--C 0.01 0.1 1`` repeats every encoding with each inverse regularization strength of the
+logistic regression (default 1, scikit-learn's).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -141,7 +145,7 @@ def _pooled_set(name):
     return kind + ("_motor" if "motor" in name else "")
 
 
-def _score_pooled(name, enc, y, subjects, train, test):
+def _score_pooled(name, enc, y, subjects, train, test, C=1.0):
     """``pool*`` encodings: the other subjects' trials added, every subject re-centred by its own mean."""
     set_key = _pooled_set(name)
     stretch = name.endswith("_stretch")
@@ -167,36 +171,36 @@ def _score_pooled(name, enc, y, subjects, train, test):
     if name.endswith("_std"):  # standardized on the training side, as the spiking decoder's encoder does
         scaler = StandardScaler().fit(fit_features)
         fit_features, test_features = scaler.transform(fit_features), scaler.transform(test_features)
-    model = LogisticRegression(max_iter=2000).fit(fit_features, labels, sample_weight=weights)
+    model = LogisticRegression(C=C, max_iter=2000).fit(fit_features, labels, sample_weight=weights)
     return model.score(test_features, y[test])
 
 
-def score(name, enc, y, subjects, train, test):
-    """Accuracy of one encoding + LR, fitted on ``train`` and scored on ``test``."""
+def score(name, enc, y, subjects, train, test, C=1.0):
+    """Accuracy of one encoding + LR (inverse regularization strength ``C``), fitted on ``train``, scored on ``test``."""
     suffix = "_motor" if "motor" in name else ""
     if name.startswith("pool"):
-        return _score_pooled(name, enc, y, subjects, train, test)
+        return _score_pooled(name, enc, y, subjects, train, test, C)
     if name.startswith("crops"):
         full = enc.sets["full" + suffix][0]
         reference = TangentSpace(metric="riemann").fit(full[train])
         a = np.vstack([reference.transform(full[train])]
                       + [reference.transform(c[train]) for c in enc.sets["crops" + suffix]])
         labels = np.tile(y[train], 1 + len(enc.sets["crops" + suffix]))
-        return LogisticRegression(max_iter=2000).fit(a, labels).score(reference.transform(full[test]), y[test])
+        return LogisticRegression(C=C, max_iter=2000).fit(a, labels).score(reference.transform(full[test]), y[test])
     key = name if name in SEGMENTS else ("fb" if name.startswith("fb") else "full") + suffix
     a, b = _tangent(enc.sets[key], train, test)
     if name.endswith("_std"):
         scaler = StandardScaler().fit(a)
         a, b = scaler.transform(a), scaler.transform(b)
-    return LogisticRegression(max_iter=2000).fit(a, y[train]).score(b, y[test])
+    return LogisticRegression(C=C, max_iter=2000).fit(a, y[train]).score(b, y[test])
 
 
-def run_split(name, enc, y, subjects, split, seed):
+def run_split(name, enc, y, subjects, split, seed, C=1.0):
     subject, fold, train, test = split
     inner = StratifiedShuffleSplit(n_splits=1, test_size=0.25, random_state=seed + fold)
     fit_idx, val_idx = next(inner.split(np.zeros(len(train)), y[train]))
-    return (subject, score(name, enc, y, subjects, train[fit_idx], train[val_idx]),
-            score(name, enc, y, subjects, train, test))
+    return (subject, score(name, enc, y, subjects, train[fit_idx], train[val_idx], C),
+            score(name, enc, y, subjects, train, test, C))
 
 
 NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
@@ -209,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--encodings", default="all,motor,pool", help=f"comma-separated, from {','.join(NAMES)}")
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--C", type=float, nargs="+", default=[1.0],
+                        help="inverse regularization strengths of the LR (one row per encoding and value)")
     args = parser.parse_args(argv)
     names = args.encodings.split(",")
     unknown = sorted(set(names) - set(NAMES))
@@ -222,14 +228,14 @@ def main(argv=None):
     enc = Encodings(X, trials.sfreq, list(trials.ch_names), names, subjects)
     print(f"covariances: {time.perf_counter() - t0:.0f} s", flush=True)
     splits = list(within_subject_splits(subjects, y, n_splits=5, seed=args.seed))
-    print(f"{'encoding':12s} {'inner acc':>15s} {'outer acc':>15s} {'seconds':>8s}")
-    for name in names:
+    print(f"{'encoding':16s} {'C':>7s} {'inner acc':>15s} {'outer acc':>15s} {'seconds':>8s}")
+    for name, C in itertools.product(names, args.C):
         t0 = time.perf_counter()
         rows = np.asarray(Parallel(n_jobs=args.n_jobs)(
-            delayed(run_split)(name, enc, y, subjects, split, args.seed) for split in splits))
+            delayed(run_split)(name, enc, y, subjects, split, args.seed, C) for split in splits))
         per_subject = np.asarray([rows[rows[:, 0] == s, 1:].mean(axis=0) for s in np.unique(rows[:, 0])])
         mean, std = per_subject.mean(axis=0), per_subject.std(axis=0, ddof=1)
-        print(f"{name:12s} {mean[0]:.3f} ± {std[0]:.3f}   {mean[1]:.3f} ± {std[1]:.3f} "
+        print(f"{name:16s} {C:7.3g} {mean[0]:.3f} ± {std[0]:.3f}   {mean[1]:.3f} ± {std[1]:.3f} "
               f"{time.perf_counter() - t0:8.0f}", flush=True)
 
 

@@ -56,6 +56,7 @@ from decoder_search import _inner_split, summarize
 # name -> (peak learning rate, epochs, output layer only); None: no fine-tuning (calibration only).
 VARIANTS = {
     "zero_shot": None,
+    "ft_3e-4_20": (3e-4, 20, False),  # LIF's counterpart of ft_3e-3_20 (its training rate is 1e-3, not 1e-2)
     "ft_1e-3_20": (1e-3, 20, False),
     "ft_3e-3_20": (3e-3, 20, False),
     "ft_1e-2_30": (1e-2, 30, False),
@@ -86,6 +87,19 @@ PRETRAIN = {
     "common": dict(scale="common"),
     "seg2_common": dict(n_segments=2, scale="common"),
     "seg2_common_noise3": dict(n_segments=2, scale="common", input_noise=3.0),
+    # Noise injection acts like an L2 penalty. On the common scale, noise 2 is roughly the penalty of a
+    # logistic regression with C ~ 0.02 on the raw tangent vectors, where C = 0.1 scores best
+    # (encoding_screen_lr.py --encodings pool_halves --C ...): screen less noise.
+    "seg2_common_noise1": dict(n_segments=2, scale="common", input_noise=1.0),
+    "seg2_common_noise0.5": dict(n_segments=2, scale="common", input_noise=0.5),
+    # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
+    "lif": dict(neuron="lif", learning_rate=1e-3, weight_scale=0.5),
+    # No hidden layer: with constant input currents the two output neurons' first spikes compare two
+    # linear projections of the features, the spiking counterpart of the linear readout that gains
+    # from halves on pooled trials (encoding_screen_lr pool_halves); the first session's h0 rows
+    # (own trials only) used weight scale 1 and bias 1.
+    "h0_seg2_common": dict(hidden_layer_sizes=(), n_segments=2, scale="common"),
+    "h0_seg2_common_ws1_b1": dict(hidden_layer_sizes=(), n_segments=2, scale="common", weight_scale=1.0, bias=1.0),
 }
 
 

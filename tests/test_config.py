@@ -32,6 +32,20 @@ def test_lif_config_differs_from_default_only_in_the_neuron_and_a_gentler_drive(
     assert lif == default
 
 
+def test_finetuned_halves_config_differs_from_default_only_in_the_encoding_noise_and_protocol():
+    default, halves = (yaml.safe_load((CONFIGS / f"{n}.yaml").read_text()) for n in ("default", "finetuned_halves"))
+    config = load_config(CONFIGS / "finetuned_halves.yaml")
+    assert config["evaluation"]["protocol"] == "within-subject-pooled"
+    assert "qif_finetuned" in config["evaluation"]["pipelines"]
+    assert set(config["evaluation"]["pipelines"]) <= set(PIPELINE_NAMES)
+    assert (halves["model"]["n_segments"], halves["model"]["scale"], halves["model"]["input_noise"]) == (2, "common", 0.5)
+    for key in ("n_segments", "scale", "input_noise"):
+        halves["model"][key] = default["model"][key]
+    for key in ("protocol", "pipelines"):
+        halves["evaluation"][key] = default["evaluation"][key]
+    assert halves == default
+
+
 def test_model_section_builds_an_estimator():
     from bci_qif import QIFClassifier
 
