@@ -92,6 +92,9 @@ PRETRAIN = {
     # (encoding_screen_lr.py --encodings pool_halves --C ...): screen less noise.
     "seg2_common_noise1": dict(n_segments=2, scale="common", input_noise=1.0),
     "seg2_common_noise0.5": dict(n_segments=2, scale="common", input_noise=0.5),
+    # With less noise some outputs stop firing inside the trial (acc_ord < accuracy): a stronger pull of
+    # the correct output's first spike into the trial (the loss's gamma * (exp(t / T) - 1), default 0.01).
+    "seg2_common_noise0.5_gamma0.1": dict(n_segments=2, scale="common", input_noise=0.5, gamma=0.1),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
     "lif": dict(neuron="lif", learning_rate=1e-3, weight_scale=0.5),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
