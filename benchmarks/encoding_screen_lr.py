@@ -176,7 +176,7 @@ def _score_pooled(name, enc, y, subjects, train, test, C=1.0):
 
 
 def score(name, enc, y, subjects, train, test, C=1.0):
-    """Accuracy of one encoding + LR (inverse regularization strength ``C``), fitted on ``train``, scored on ``test``."""
+    """Accuracy of one encoding + LR (inverse L2 strength ``C``), fitted on ``train`` and scored on ``test``."""
     suffix = "_motor" if "motor" in name else ""
     if name.startswith("pool"):
         return _score_pooled(name, enc, y, subjects, train, test, C)

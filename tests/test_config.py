@@ -38,7 +38,8 @@ def test_finetuned_halves_config_differs_from_default_only_in_the_encoding_noise
     assert config["evaluation"]["protocol"] == "within-subject-pooled"
     assert "qif_finetuned" in config["evaluation"]["pipelines"]
     assert set(config["evaluation"]["pipelines"]) <= set(PIPELINE_NAMES)
-    assert (halves["model"]["n_segments"], halves["model"]["scale"], halves["model"]["input_noise"]) == (2, "common", 0.5)
+    model = halves["model"]
+    assert (model["n_segments"], model["scale"], model["input_noise"]) == (2, "common", 0.5)
     for key in ("n_segments", "scale", "input_noise"):
         halves["model"][key] = default["model"][key]
     for key in ("protocol", "pipelines"):
