@@ -53,7 +53,8 @@ from bci_qif.protocols import within_subject_splits
 
 from decoder_search import _inner_split, summarize
 
-# name -> (peak learning rate, epochs, output layer only); None: no fine-tuning (calibration only).
+# name -> (peak learning rate, epochs, output layer only[, input noise while fine-tuning]); None: no
+# fine-tuning (calibration only).
 VARIANTS = {
     "zero_shot": None,
     "ft_3e-4_20": (3e-4, 20, False),  # LIF's counterpart of ft_3e-3_20 (its training rate is 1e-3, not 1e-2)
@@ -63,6 +64,9 @@ VARIANTS = {
     "ftout_1e-2_20": (1e-2, 20, True),
     "ftout_3e-2_20": (3e-2, 20, True),
     "ft_auto": "auto",
+    # Fine-tuning with input noise 2 (the default's) whatever the pretrained decoder's noise: a decoder
+    # pretrained with little noise whose outputs may fall silent (docs/benchmarks.md, eleventh session).
+    "ft_3e-3_20_noise2": (3e-3, 20, False, 2.0),
 }
 AUTO_EPOCHS = (0, 10, 20, 40)
 
@@ -120,7 +124,9 @@ def _adapted(pretrained, setting, X, y):
     model = copy.deepcopy(pretrained)
     if setting is None:
         return model.calibrate(X)
-    learning_rate, epochs, output_only = setting
+    learning_rate, epochs, output_only, *noise = setting
+    if noise:
+        model.input_noise = noise[0]
     return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
 
 
