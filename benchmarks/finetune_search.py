@@ -70,6 +70,15 @@ VARIANTS = {
 }
 AUTO_EPOCHS = (0, 10, 20, 40)
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _model_changes(config_name):
+    """Model settings in which ``configs/<config_name>.yaml`` differs from the shipped default."""
+    default, other = (load_config(CONFIGS / f"{name}.yaml")["model"] for name in ("default", config_name))
+    return {key: value for key, value in other.items() if default.get(key) != value}
+
+
 # name -> settings of the pretrained QIFClassifier that differ from the shipped default.
 PRETRAIN = {
     "default": {},
@@ -100,7 +109,7 @@ PRETRAIN = {
     # the correct output's first spike into the trial (the loss's gamma * (exp(t / T) - 1), default 0.01).
     "seg2_common_noise0.5_gamma0.1": dict(n_segments=2, scale="common", input_noise=0.5, gamma=0.1),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
-    "lif": dict(neuron="lif", learning_rate=1e-3, weight_scale=0.5),
+    "lif": _model_changes("lif"),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
     # linear projections of the features, the spiking counterpart of the linear readout that gains
     # from halves on pooled trials (encoding_screen_lr pool_halves); the first session's h0 rows
