@@ -70,7 +70,7 @@ def _check_values(section, values):
     from .encoding import ENCODERS
 
     choices = {"neuron": ("qif", "lif"), "encoding": tuple(ENCODERS), "dtype": ("float32", "float64"),
-               "scale": ("feature", "common")}
+               "scale": ("feature", "common"), "optimizer": ("adam", "sgd")}
     positive_ints = ("epochs", "batch_size", "n_members", "n_segments")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
     non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "input_noise")

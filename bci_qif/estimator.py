@@ -143,8 +143,10 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         Scale of the input currents.
     weight_scale, bias : float
         Initialisation of weights (std ``weight_scale / sqrt(fan_in)``) and biases.
-    epochs, batch_size, learning_rate, grad_clip, weight_decay : optimisation
-        See :class:`bci_qif.training.TrainConfig`.
+    epochs, batch_size, learning_rate, grad_clip, weight_decay, optimizer : optimisation
+        See :class:`bci_qif.training.TrainConfig`. With ``optimizer="sgd"`` the
+        learning rates (here and in :meth:`fine_tune`) are SGD's, about a hundred
+        times Adam's (1 rather than 1e-2).
     input_noise : float
         Gaussian noise (std, in units of the input currents) added to every training
         trial's currents, one draw per trial and input, fresh every step; a
@@ -191,7 +193,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
                  recenter=True, n_segments=1, scale="feature", rate_hz=10.0, input_gain=1.0, weight_scale=2.0,
                  bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0,
-                 input_noise=2.0, gamma=0.01, readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None,
+                 optimizer="adam", input_noise=2.0, gamma=0.01, readout_tau=1.0, validation_fraction=0.0, patience=None, sfreq=None,
                  n_members=3, random_state=0, dtype="float32", verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -210,6 +212,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.grad_clip = grad_clip
         self.weight_decay = weight_decay
+        self.optimizer = optimizer
         self.input_noise = input_noise
         self.gamma = gamma
         self.readout_tau = readout_tau
@@ -268,7 +271,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def _train_config(self, seed=None):
         return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size),
                            learning_rate=float(self.learning_rate), grad_clip=self.grad_clip,
-                           weight_decay=float(self.weight_decay), input_noise=float(self.input_noise),
+                           weight_decay=float(self.weight_decay), optimizer=self.optimizer,
+                           input_noise=float(self.input_noise),
                            patience=self.patience, gamma=float(self.gamma),
                            readout_tau=float(self.readout_tau),
                            seed=int(self.random_state if seed is None else seed))
@@ -418,15 +422,18 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
 
         ``acc_ord`` counts a trial correct only if it was decided by spikes inside the
         trial: the earliest ordinary output spike of a majority of the members names
-        the right class (:func:`ordinary_vote`). The other two are member means.
+        the right class (:func:`ordinary_vote`). The other two are member means;
+        ``silent_fraction`` (of the hidden neurons) is NaN for networks without a
+        hidden layer.
         """
         outputs = self._simulate(X, groups)
+        hidden_silent = [np.mean(m["silent_fraction"]) for m in outputs if len(m["silent_fraction"])]
         t = np.stack([m["first_spike_times"] for m in outputs])
         ordinary = np.stack([m["ordinary"] for m in outputs])
         y_index = np.searchsorted(self.classes_, np.asarray(y))
         return {
             "acc_ord": float(np.mean(ordinary_vote(t, ordinary) == y_index)),
-            "silent_fraction": float(np.mean([np.mean(m["silent_fraction"]) for m in outputs])),
+            "silent_fraction": float(np.mean(hidden_silent)) if hidden_silent else float("nan"),
             "spikes_per_trial": float(np.mean([m["spikes_per_trial"] for m in outputs])),
         }
 

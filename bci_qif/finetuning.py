@@ -232,6 +232,9 @@ def _exclusive(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_ADDED_SETTINGS = {"optimizer": "adam"}
+
+
 def _fingerprint(base, data, y, groups):
     """Hash of the trials and settings a pretrained model depends on."""
     digest = hashlib.sha256()
@@ -240,5 +243,10 @@ def _fingerprint(base, data, y, groups):
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes() if array.dtype != object else json.dumps(array.tolist()).encode())
     settings = {k: v for k, v in base.get_params().items() if k != "verbose"}
+    # Settings added after models were cached are left out at the value those models were trained
+    # with, so that the cache stays valid across the addition.
+    for key, old_behaviour in _ADDED_SETTINGS.items():
+        if settings.get(key) == old_behaviour:
+            del settings[key]
     digest.update(json.dumps([__version__, settings], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]

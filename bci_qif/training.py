@@ -2,8 +2,8 @@
 
 This module knows nothing about EEG: it trains :mod:`bci_qif.network` parameters on
 ``times`` (shared ``(n_events,)``), ``currents`` ``(n_trials, n_events, n_inputs)``
-and integer ``labels``, with an optax optimizer (Adam, cosine schedule, global-norm
-clipping), minibatches, an optional validation set with early stopping, a progress
+and integer ``labels``, with an optax optimizer (Adam or SGD with momentum, cosine
+schedule, global-norm clipping), minibatches, an optional validation set with early stopping, a progress
 bar and a per-epoch history. :class:`TrainingState` holds everything needed to
 resume an interrupted run and converts to plain arrays for checkpoints.
 
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "TrainingState", "make_optimizer", "steps_per_epoch", "train", "evaluate_network"]
 
 
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings.
@@ -45,7 +49,14 @@ class TrainConfig:
     grad_clip : float or None
         Global-norm clipping threshold.
     weight_decay : float
-        Decoupled weight decay (AdamW); 0 for plain Adam.
+        Decoupled weight decay (AdamW; with SGD, added to the gradient); 0 for none.
+    optimizer : {"adam", "sgd"}
+        Adam, or stochastic gradient descent with heavy-ball momentum 0.9. Their
+        learning rates differ in scale: Adam moves every weight by about the
+        learning rate per step whatever its gradient, SGD in proportion to it. On a
+        wide input layer (thousands of features, a few hundred trials) the two find
+        different solutions: SGD's stay close to the gradient's span (the minimum-norm
+        bias of gradient descent), Adam's do not (docs/benchmarks.md, twelfth session).
     patience : int or None
         Early stopping: stop after this many epochs without a better validation
         score (``None``: never stop early). The best parameters are kept.
@@ -70,6 +81,7 @@ class TrainConfig:
     learning_rate: float = 3e-3
     grad_clip: float | None = 1.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
     patience: int | None = None
     gamma: float = 0.01
     readout_tau: float = 1.0
@@ -86,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.input_noise >= 0:
             raise ValueError(f"input_noise must be >= 0, got {self.input_noise!r}")
         if self.patience is not None and self.patience < 1:
@@ -123,14 +137,19 @@ def _event_times(times, idx):
 
 
 def make_optimizer(config, steps_per_epoch):
-    """Adam(W) with a cosine learning-rate schedule and global-norm clipping.
+    """Adam(W) or SGD with momentum, a cosine learning-rate schedule and global-norm clipping.
 
     With ``config.trainable_layers`` the other layers get no update at all (no
     weight decay either), and clipping sees the trained layers' gradients only.
     """
     schedule = optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch), alpha=0.1)
     parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
-    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+    if config.optimizer == "sgd":
+        if config.weight_decay:
+            parts.append(optax.add_decayed_weights(config.weight_decay))
+        parts.append(optax.sgd(schedule, momentum=SGD_MOMENTUM))
+    else:
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
     optimizer = optax.chain(*parts)
     if config.trainable_layers is None:
         return optimizer

@@ -32,6 +32,9 @@ inner and outer fits of a subject: it holds none of the subject's trials.
 Run::
 
     python benchmarks/finetune_search.py --n-jobs 2 --out finetune.csv
+
+With ``--out``, each subject's rows are saved as soon as it finishes; the same
+command run again (e.g. after an interruption) skips the subjects already saved.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ VARIANTS = {
     # Fine-tuning with input noise 2 (the default's) whatever the pretrained decoder's noise: a decoder
     # pretrained with little noise whose outputs may fall silent (docs/benchmarks.md, eleventh session).
     "ft_3e-3_20_noise2": (3e-3, 20, False, 2.0),
+    # For decoders trained with SGD (optimizer "sgd"), whose learning rates are about 100 times Adam's.
+    "ft_3e-1_20": (3e-1, 20, False),
 }
 AUTO_EPOCHS = (0, 10, 20, 40)
 
@@ -116,6 +121,12 @@ PRETRAIN = {
     # (own trials only) used weight scale 1 and bias 1.
     "h0_seg2_common": dict(hidden_layer_sizes=(), n_segments=2, scale="common"),
     "h0_seg2_common_ws1_b1": dict(hidden_layer_sizes=(), n_segments=2, scale="common", weight_scale=1.0, bias=1.0),
+    # SGD with momentum instead of Adam (learning rate 1 ~ Adam's 1e-2), from small initial weights: on
+    # thousands of inputs and a few hundred trials Adam's sign-like steps move every weight alike, while
+    # gradient descent stays in the span of the trials, as the L2-penalized logistic regression does.
+    "h0_seg2_common_sgd": dict(hidden_layer_sizes=(), n_segments=2, scale="common", optimizer="sgd",
+                               learning_rate=1.0, weight_scale=0.1),
+    "seg2_common_sgd": dict(n_segments=2, scale="common", optimizer="sgd", learning_rate=1.0),
 }
 
 
@@ -167,6 +178,14 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
     return rows
 
 
+def _append_rows(path, frame):
+    """Append ``frame`` to the CSV file ``path`` atomically (columns aligned by name; older files lack some)."""
+    earlier = [pd.read_csv(path)] if path.exists() else []
+    partial = path.with_name(path.name + ".partial")
+    pd.concat(earlier + [frame], ignore_index=True).to_csv(partial, index=False)
+    partial.replace(path)  # an interrupted write leaves the earlier rows intact
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
@@ -190,19 +209,31 @@ def main(argv=None):
     by_subject = {}
     for subject, fold, train, test in within_subject_splits(groups, y, n_splits=5, seed=args.seed):
         by_subject.setdefault(subject, []).append((fold, train, test))
+    subjects = args.subjects or everyone
+    if args.out and args.out.exists():  # resume: skip subjects whose rows an earlier run saved
+        names = {variant if args.pretrain == "default" else f"{args.pretrain}/{variant}" for variant in variants}
+        earlier = pd.read_csv(args.out)
+        done = {subject for subject, rows in earlier.groupby("subject") if names <= set(rows["variant"])}
+        if done & set(subjects):
+            print(f"skipping subjects already in {args.out}: {sorted(done & set(subjects))}", flush=True)
+        subjects = [subject for subject in subjects if subject not in done]
     t0 = time.perf_counter()
-    rows = Parallel(n_jobs=args.n_jobs)(
+    # Subjects come back as they finish and their rows are saved at once: an interrupted run keeps
+    # every finished subject (and the pretrained cache keeps every finished pretraining).
+    finished = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(
         delayed(run_subject)(subject, X, y, groups, trials.sfreq, by_subject[subject], variants, args.seed,
                              args.n_members, args.pretrain)
-        for subject in (args.subjects or everyone))
-    frame = pd.DataFrame([r for chunk in rows for r in chunk]).fillna({"seconds": 0.0})
-    frame["protocol"] = "within-subject-pretrained"
-    if args.out:
-        # Rows of earlier runs first; the columns are aligned by name (older files have no ``epochs``).
-        earlier = [pd.read_csv(args.out)] if args.out.exists() else []
-        partial = args.out.with_name(args.out.name + ".partial")
-        pd.concat(earlier + [frame], ignore_index=True).to_csv(partial, index=False)
-        partial.replace(args.out)  # atomic: an interrupted write leaves the earlier rows intact
+        for subject in subjects)
+    frames = []
+    for rows in finished:
+        frames.append(pd.DataFrame(rows).fillna({"seconds": 0.0}).assign(protocol="within-subject-pretrained"))
+        if args.out:
+            _append_rows(args.out, frames[-1])
+        print(f"subject {rows[0]['subject']} done ({len(frames)} subjects, {time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if not frames:
+        return
+    frame = pd.concat(frames, ignore_index=True)
     print(f"{time.perf_counter() - t0:.0f} s", flush=True)
     print(summarize(frame).round(3).to_string())
 

@@ -8,6 +8,7 @@ per (neuron, trial length, batch shape, event budget): every fit here uses ``SMA
 import copy
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -156,6 +157,18 @@ def test_spiking_metrics(fitted, epochs, trials):
     assert 0.0 <= metrics["acc_ord"] <= 1.0
     assert 0.0 <= metrics["silent_fraction"] <= 1.0
     assert metrics["spikes_per_trial"] >= 0
+
+
+def test_a_network_without_hidden_layer_trains_with_sgd(trials):
+    # Two output neurons reading the features (no hidden neurons to be silent), trained by SGD.
+    settings = dict(SMALL, hidden_layer_sizes=(), optimizer="sgd", learning_rate=1.0)
+    clf = QIFClassifier(**settings, sfreq=trials.sfreq).fit(trials.data, trials.labels)
+    assert [layer["w"].shape for layer in clf.params_] == [(2, 2080)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        metrics = clf.spiking_metrics(trials.data, trials.labels)
+    assert np.isnan(metrics["silent_fraction"]) and 0.0 <= metrics["acc_ord"] <= 1.0
+    assert metrics["spikes_per_trial"] > 0
 
 
 def test_arrays_with_sfreq_reproduce_the_epochs_fit(fitted, trials):

@@ -70,6 +70,21 @@ def test_fine_tuned_decoder_is_the_pretrained_model_fine_tuned_on_the_users_tria
     assert len(list(cache.glob("*.npz"))) == 1  # the same pretraining
 
 
+def test_models_cached_before_the_optimizer_setting_keep_their_key(trials):
+    # Models cached before ``optimizer`` existed were trained with Adam: the default must hash as they
+    # did (without the setting), SGD differently.
+    X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
+    adam, sgd = (QIFClassifier(**SMALL, sfreq=trials.sfreq, optimizer=name) for name in ("adam", "sgd"))
+
+    class Older(QIFClassifier):  # the estimator as it was: every setting but the optimizer
+        def get_params(self, deep=True):
+            return {k: v for k, v in super().get_params(deep).items() if k != "optimizer"}
+
+    older = Older(**SMALL, sfreq=trials.sfreq)
+    assert _fingerprint(adam, X, y, groups) == _fingerprint(older, X, y, groups)
+    assert _fingerprint(sgd, X, y, groups) != _fingerprint(adam, X, y, groups)
+
+
 def test_an_unreadable_cached_model_is_pretrained_again(trials, cache, caplog):
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
     others = groups == 1

@@ -91,10 +91,39 @@ def test_a_resumed_run_that_had_stopped_early_stays_stopped():
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("learning_rate", 0.0),
                                           ("grad_clip", -1.0), ("patience", 0),
-                                          ("input_noise", -0.1), ("input_noise", math.nan)])
+                                          ("input_noise", -0.1), ("input_noise", math.nan),
+                                          ("optimizer", "rmsprop")])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_sgd_steps_follow_the_gradient_and_adam_steps_its_sign():
+    # The first update of each, from a known gradient (below the clipping norm): SGD moves by
+    # -lr * g (plus lr * decay * w), Adam by about -lr * sign(g) whatever the gradient's size.
+    params = [{"w": np.array([[1.0, -2.0]], np.float32), "b": np.array([0.5], np.float32)}]
+    grads = [{"w": np.array([[0.01, -0.2]], np.float32), "b": np.array([0.3], np.float32)}]
+    sgd = make_optimizer(TrainConfig(learning_rate=0.5, optimizer="sgd", weight_decay=0.1), steps_per_epoch=4)
+    update, state = sgd.update(grads, sgd.init(params), params)
+    np.testing.assert_allclose(update[0]["w"], -0.5 * (grads[0]["w"] + 0.1 * params[0]["w"]), rtol=1e-6)
+    # Momentum: the second step adds 0.9 of the first (the schedule has barely moved).
+    second, _ = sgd.update(grads, state, params)
+    np.testing.assert_allclose(second[0]["b"], 1.9 * update[0]["b"], rtol=1e-3)
+    adam = make_optimizer(TrainConfig(learning_rate=0.5), steps_per_epoch=4)
+    update, _ = adam.update(grads, adam.init(params), params)
+    np.testing.assert_allclose(update[0]["w"], -0.5 * np.sign(grads[0]["w"]), rtol=1e-3)
+    assert QIFClassifier(optimizer="sgd")._train_config().optimizer == "sgd"
+
+
+def test_sgd_trains_a_network():
+    # Two classes told apart by the sign of their currents: SGD lowers the loss as Adam does.
+    rng = np.random.default_rng(2)
+    labels = np.array([0, 1] * 8)
+    currents = (rng.normal(size=(16, 3, 4)) + np.where(labels == 0, 1.0, -1.0)[:, None, None]).astype(np.float32)
+    times, params = np.arange(3, dtype=np.float32), network.init(jax.random.PRNGKey(0), (4, 6, 2))
+    config = TrainConfig(epochs=20, batch_size=8, learning_rate=1.0, optimizer="sgd")
+    history = train(params, times, currents, labels, "qif", 3.0, config, progress=False).history
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
 
 
 def test_input_noise_is_one_draw_per_trial_and_input_held_over_the_events():
