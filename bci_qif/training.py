@@ -3,8 +3,8 @@
 This module knows nothing about EEG: it trains :mod:`bci_qif.network` parameters on
 ``times`` (shared ``(n_events,)``), ``currents`` ``(n_trials, n_events, n_inputs)``
 and integer ``labels``, with an optax optimizer (Adam or SGD with momentum, cosine
-schedule, global-norm clipping), minibatches, an optional validation set with early stopping, a progress
-bar and a per-epoch history. :class:`TrainingState` holds everything needed to
+schedule, global-norm clipping), minibatches, an optional validation set with early
+stopping, a progress bar and a per-epoch history. :class:`TrainingState` holds everything needed to
 resume an interrupted run and converts to plain arrays for checkpoints.
 
 Non-finite gradients are counted per epoch (``n_nonfinite``) and the offending step
@@ -53,10 +53,10 @@ class TrainConfig:
     optimizer : {"adam", "sgd"}
         Adam, or stochastic gradient descent with heavy-ball momentum 0.9. Their
         learning rates differ in scale: Adam moves every weight by about the
-        learning rate per step whatever its gradient, SGD in proportion to it. On a
-        wide input layer (thousands of features, a few hundred trials) the two find
-        different solutions: SGD's stay close to the gradient's span (the minimum-norm
-        bias of gradient descent), Adam's do not (docs/benchmarks.md, twelfth session).
+        learning rate per step whatever its gradient, SGD in proportion to it (its
+        steps stay in the span of the training trials' gradients). On the EEG
+        decoder's inputs the two scored within a few points of each other
+        (docs/benchmarks.md, "Decoder quality", twelfth session).
     patience : int or None
         Early stopping: stop after this many epochs without a better validation
         score (``None``: never stop early). The best parameters are kept.

@@ -150,6 +150,11 @@ def _adapted(pretrained, setting, X, y):
     return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
 
 
+def _variant_name(pretrain, variant):
+    """A variant's name in the results: prefixed by its pretraining unless that is the default."""
+    return variant if pretrain == "default" else f"{pretrain}/{variant}"
+
+
 def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default"):
     """Pretrain on the other subjects, then score every variant on every fold of ``subject``."""
     t0 = time.perf_counter()
@@ -171,9 +176,8 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
                 # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
-                name = variant if pretrain == "default" else f"{pretrain}/{variant}"
-                rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=acc,
-                                 acc_ord=acc_ord, failed=0, epochs=setting[1] if setting else 0))
+                rows.append(dict(variant=_variant_name(pretrain, variant), subject=subject, fold=fold, part=part,
+                                 accuracy=acc, acc_ord=acc_ord, failed=0, epochs=setting[1] if setting else 0))
             rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
     return rows
 
@@ -211,7 +215,7 @@ def main(argv=None):
         by_subject.setdefault(subject, []).append((fold, train, test))
     subjects = args.subjects or everyone
     if args.out and args.out.exists():  # resume: skip subjects whose rows an earlier run saved
-        names = {variant if args.pretrain == "default" else f"{args.pretrain}/{variant}" for variant in variants}
+        names = {_variant_name(args.pretrain, variant) for variant in variants}
         earlier = pd.read_csv(args.out)
         done = {subject for subject, rows in earlier.groupby("subject") if names <= set(rows["variant"])}
         if done & set(subjects):
