@@ -90,6 +90,13 @@ VARIANTS = {
 }
 
 
+def load_motor_imagery(subjects=None):
+    """Imagined left vs right fist of ``subjects`` (default: all found), preprocessed as configs/default.yaml says."""
+    config = load_config("configs/default.yaml")
+    subjects = subjects or list(available_subjects("left_right_imagery", None))
+    return load_eegbci(subjects, task="left_right_imagery", preprocessing=config["preprocessing"])
+
+
 def make_model(name, sfreq):
     spec = VARIANTS[name]
     if spec == "baseline":
@@ -179,9 +186,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="CSV file to append per-fold rows to")
     args = parser.parse_args(argv)
 
-    config = load_config("configs/default.yaml")
-    subjects = args.subjects or list(available_subjects("left_right_imagery", None))
-    trials = load_eegbci(subjects, task="left_right_imagery", preprocessing=config["preprocessing"])
+    trials = load_motor_imagery(args.subjects)
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
     if args.protocol == "within-subject":
         splits = list(within_subject_splits(groups, y, n_splits=5, seed=args.seed))

@@ -49,12 +49,12 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from bci_qif.config import load_config
-from bci_qif.datasets import available_subjects, load_eegbci
+from bci_qif.datasets import available_subjects
 from bci_qif.estimator import QIFClassifier
 from bci_qif.finetuning import pretrained_model
 from bci_qif.protocols import within_subject_splits
 
-from decoder_search import _inner_split, summarize
+from decoder_search import _inner_split, load_motor_imagery, summarize
 
 # name -> (peak learning rate, epochs, output layer only[, input noise while fine-tuning]); None: no
 # fine-tuning (calibration only).
@@ -206,9 +206,8 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown variants {unknown}")
 
-    config = load_config("configs/default.yaml")
     everyone = list(available_subjects("left_right_imagery", None))
-    trials = load_eegbci(everyone, task="left_right_imagery", preprocessing=config["preprocessing"])
+    trials = load_motor_imagery(everyone)
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
     by_subject = {}
     for subject, fold, train, test in within_subject_splits(groups, y, n_splits=5, seed=args.seed):

@@ -29,9 +29,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from bci_qif.config import load_config
-from bci_qif.datasets import available_subjects, load_eegbci
+from bci_qif.datasets import available_subjects
 from bci_qif.estimator import QIFClassifier
+
+from decoder_search import load_motor_imagery
 
 NO_HIDDEN_HALVES = dict(hidden_layer_sizes=(), n_segments=2, scale="common", n_members=1)
 SETTINGS = {
@@ -60,9 +61,8 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown settings {unknown}")
 
-    config = load_config("configs/default.yaml")
     everyone = list(available_subjects("left_right_imagery", None))
-    trials = load_eegbci(everyone, task="left_right_imagery", preprocessing=config["preprocessing"])
+    trials = load_motor_imagery(everyone)
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
     rows = []
     for name in names:
