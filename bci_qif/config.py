@@ -73,7 +73,7 @@ def _check_values(section, values):
                "scale": ("feature", "common"), "optimizer": ("adam", "sgd")}
     positive_ints = ("epochs", "batch_size", "n_members", "n_segments")
     positive_numbers = ("tau", "rate_hz", "input_gain", "learning_rate", "readout_tau")
-    non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "input_noise")
+    non_negative_numbers = ("weight_scale", "weight_decay", "gamma", "late_penalty", "input_noise")
 
     def fail(key, what):
         raise ConfigError(f"{section}.{key} must be {what}, got {values[key]!r}")

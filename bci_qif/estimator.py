@@ -153,8 +153,9 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         regulariser (see :class:`bci_qif.training.TrainConfig`). The default 2 was
         chosen for all 2080 standardized tangent-space features; with a few principal
         components (``n_components``) or other encodings use much less (or 0).
-    gamma, readout_tau : float
-        Loss settings (``readout_tau`` in units of ``tau``).
+    gamma, readout_tau, late_penalty : float
+        Loss settings (``readout_tau`` in units of ``tau``; see
+        :class:`bci_qif.training.TrainConfig`).
     validation_fraction : float
         Share of the training trials held out (stratified) to select the best epoch
         by validation ``acc_ord``; 0 keeps the last epoch.
@@ -193,8 +194,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, neuron="qif", hidden_layer_sizes=(16,), tau=0.5, encoding="tangent_space", n_components=None,
                  recenter=True, n_segments=1, scale="feature", rate_hz=10.0, input_gain=1.0, weight_scale=2.0,
                  bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0,
-                 optimizer="adam", input_noise=2.0, gamma=0.01, readout_tau=1.0, validation_fraction=0.0,
-                 patience=None, sfreq=None, n_members=3, random_state=0, dtype="float32", verbose=False):
+                 optimizer="adam", input_noise=2.0, gamma=0.01, readout_tau=1.0, late_penalty=0.0,
+                 validation_fraction=0.0, patience=None, sfreq=None, n_members=3, random_state=0, dtype="float32", verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
         self.tau = tau
@@ -216,6 +217,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.input_noise = input_noise
         self.gamma = gamma
         self.readout_tau = readout_tau
+        self.late_penalty = late_penalty
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.sfreq = sfreq
@@ -274,7 +276,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
                            weight_decay=float(self.weight_decay), optimizer=self.optimizer,
                            input_noise=float(self.input_noise),
                            patience=self.patience, gamma=float(self.gamma),
-                           readout_tau=float(self.readout_tau),
+                           readout_tau=float(self.readout_tau), late_penalty=float(self.late_penalty),
                            seed=int(self.random_state if seed is None else seed))
 
     def _jnp_dtype(self):

@@ -232,7 +232,7 @@ def _exclusive(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-_ADDED_SETTINGS = {"optimizer": "adam"}
+_ADDED_SETTINGS = {"optimizer": "adam", "late_penalty": 0.0}
 
 
 def _fingerprint(base, data, y, groups):

@@ -546,16 +546,25 @@ def simulate_batch(params, times, currents, neuron, T, budget):
     )
 
 
-def trial_loss(first_spike_times, label, T, *, gamma=0.01, readout_tau=1.0):
+LATE_DEADLINE = 0.9
+"""Fraction of the trial by which ``late_penalty`` wants some output neuron to have fired."""
+
+
+def trial_loss(first_spike_times, label, T, *, gamma=0.01, readout_tau=1.0, late_penalty=0.0):
     """Loss of one trial from its output first-spike times.
 
-    ``cross_entropy(softmax(-t / readout_tau), label) + gamma * (exp(t_label / T) - 1)``:
-    the earliest output neuron is the prediction; the second term pulls the correct
-    neuron's spike into the trial.
+    ``cross_entropy(softmax(-t / readout_tau), label) + gamma * (exp(t_label / T) - 1)
+    + late_penalty * max(0, min_k t_k / T - LATE_DEADLINE)``: the earliest output
+    neuron is the prediction; the second term pulls the correct neuron's spike into
+    the trial; the third acts only on trials where no output neuron fires before
+    ``LATE_DEADLINE * T`` and pulls the earliest one (whichever it is) to that time.
+    The decision by the first ordinary spike needs some output to fire inside the
+    trial, and unlike ``gamma`` this term leaves the trials that already do alone.
     """
     logits = -first_spike_times / readout_tau
     ce = jax.nn.logsumexp(logits) - logits[label]
-    return ce + gamma * jnp.expm1(first_spike_times[label] / T)
+    lateness = jax.nn.relu(jnp.min(first_spike_times) / T - LATE_DEADLINE)
+    return ce + gamma * jnp.expm1(first_spike_times[label] / T) + late_penalty * lateness
 
 
 # ---------------------------------------------------------------------------------
@@ -583,13 +592,11 @@ def _compiled(kind, neuron, T, budget, times_axis, **options):
         if kind == "simulate":
             fn = sim
         elif kind == "loss":
-            gamma, readout_tau = options["gamma"], options["readout_tau"]
+            settings = {name: options[name] for name in ("gamma", "readout_tau", "late_penalty")}
 
             def fn(params, times, currents, labels):
                 result = sim(params, times, currents)
-                losses = jax.vmap(lambda t, y: trial_loss(t, y, T, gamma=gamma, readout_tau=readout_tau))(
-                    result.first_spike_times, labels
-                )
+                losses = jax.vmap(lambda t, y: trial_loss(t, y, T, **settings))(result.first_spike_times, labels)
                 return jnp.mean(losses), result
 
             fn = jax.value_and_grad(fn, has_aux=True) if options.get("grad") else fn
@@ -691,7 +698,7 @@ def simulate(params, times, currents, neuron="qif", *, T, budget=None):
     return _with_budget(lambda b: _compiled("simulate", neuron, T, b, axis)(params, times, currents), params, budget)
 
 
-def batch_loss(params, times, currents, labels, neuron="qif", *, T, gamma=0.01, readout_tau=1.0,
+def batch_loss(params, times, currents, labels, neuron="qif", *, T, gamma=0.01, readout_tau=1.0, late_penalty=0.0,
                budget=None, grad=False):
     """Mean loss over a batch (and its gradient with ``grad=True``), jitted.
 
@@ -705,7 +712,8 @@ def batch_loss(params, times, currents, labels, neuron="qif", *, T, gamma=0.01, 
     _check_inputs(params, times, currents, T)
     axis = _times_axis(times)
     labels = jnp.asarray(labels)
-    fn = lambda b: _compiled("loss", neuron, T, b, axis, gamma=gamma, readout_tau=readout_tau, grad=grad)(
+    fn = lambda b: _compiled("loss", neuron, T, b, axis, gamma=gamma, readout_tau=readout_tau,
+                             late_penalty=late_penalty, grad=grad)(
         params, times, currents, labels
     )
     result_of = (lambda out: out[0][1]) if grad else (lambda out: out[1])
@@ -721,7 +729,8 @@ def _raise_overflow(interval, current_range, *layers):
         )
 
 
-def loss(params, times, currents, label, neuron="qif", *, T, gamma=0.01, readout_tau=1.0, budget=None):
+def loss(params, times, currents, label, neuron="qif", *, T, gamma=0.01, readout_tau=1.0, late_penalty=0.0,
+         budget=None):
     """Loss of one trial: the differentiable objective of exact-gradient training.
 
     Parameters
@@ -733,7 +742,7 @@ def loss(params, times, currents, label, neuron="qif", *, T, gamma=0.01, readout
     neuron : str or NeuronModel
     T : float
         Trial length (keyword).
-    gamma, readout_tau : float
+    gamma, readout_tau, late_penalty : float
         See :func:`trial_loss`.
     budget : Budget, optional
         Outside ``jit`` the budget grows automatically; under ``jit`` / ``grad`` the
@@ -751,7 +760,8 @@ def loss(params, times, currents, label, neuron="qif", *, T, gamma=0.01, readout
     budget = budget or default_budget(params)
     result = simulate_trial(params, times, currents, neuron, T, budget)
     jax.debug.callback(_raise_overflow, result.interval_overflow, result.range_overflow, *result.layer_overflow)
-    return trial_loss(result.first_spike_times, label, T, gamma=gamma, readout_tau=readout_tau)
+    return trial_loss(result.first_spike_times, label, T, gamma=gamma, readout_tau=readout_tau,
+                      late_penalty=late_penalty)
 
 
 def predict(result):

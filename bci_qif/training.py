@@ -60,8 +60,11 @@ class TrainConfig:
     patience : int or None
         Early stopping: stop after this many epochs without a better validation
         score (``None``: never stop early). The best parameters are kept.
-    gamma, readout_tau : float
-        Loss settings, see :func:`bci_qif.network.trial_loss`.
+    gamma, readout_tau, late_penalty : float
+        Loss settings, see :func:`bci_qif.network.trial_loss`. ``late_penalty`` (0:
+        off) pulls the earliest output spike of every trial that has none before 90 %
+        of the trial to that time, so that the decision by the first ordinary spike
+        has a spike to go on.
     trainable_layers : tuple of int or None
         Indices of the layers whose weights and biases are trained (negative ones
         count from the output layer: ``(-1,)`` trains the output layer only); the
@@ -85,6 +88,7 @@ class TrainConfig:
     patience: int | None = None
     gamma: float = 0.01
     readout_tau: float = 1.0
+    late_penalty: float = 0.0
     input_noise: float = 0.0
     trainable_layers: tuple | None = None
     seed: int = 0
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.late_penalty >= 0:
+            raise ValueError(f"late_penalty must be >= 0, got {self.late_penalty!r}")
         if not self.input_noise >= 0:
             raise ValueError(f"input_noise must be >= 0, got {self.input_noise!r}")
         if self.patience is not None and self.patience < 1:
@@ -249,7 +255,7 @@ def _padded_batches(n, batch_size):
 
 
 def evaluate_network(params, times, currents, labels, neuron, T, *, batch_size=64, gamma=0.01, readout_tau=1.0,
-                     budget=None):
+                     late_penalty=0.0, budget=None):
     """Simulate trials and compute loss, accuracies and spiking statistics.
 
     Returns
@@ -269,7 +275,8 @@ def evaluate_network(params, times, currents, labels, neuron, T, *, batch_size=6
     firsts, ordinaries, counts, losses = [], [], None, []
     for idx, n_real in _padded_batches(n, batch_size):
         (value, result), budget = network.batch_loss(
-            params, _event_times(times, idx), currents[idx], labels[idx], neuron, T=T, gamma=gamma, readout_tau=readout_tau, budget=budget
+            params, _event_times(times, idx), currents[idx], labels[idx], neuron, T=T, gamma=gamma,
+            readout_tau=readout_tau, late_penalty=late_penalty, budget=budget
         )
         t = np.asarray(result.first_spike_times)[:n_real]
         firsts.append(t)
@@ -277,7 +284,8 @@ def evaluate_network(params, times, currents, labels, neuron, T, *, batch_size=6
         layer_counts = [np.asarray(c)[:n_real] for c in result.spike_counts]
         counts = layer_counts if counts is None else [np.concatenate([a, b]) for a, b in zip(counts, layer_counts)]
         losses.append(np.asarray(jax.vmap(lambda tt, yy: network.trial_loss(
-            tt, yy, T, gamma=gamma, readout_tau=readout_tau))(jnp.asarray(t), jnp.asarray(labels[idx][:n_real]))))
+            tt, yy, T, gamma=gamma, readout_tau=readout_tau, late_penalty=late_penalty))(
+                jnp.asarray(t), jnp.asarray(labels[idx][:n_real]))))
     first = np.concatenate(firsts)
     ordinary = np.concatenate(ordinaries)
     result = network.SimulationResult(first, ordinary, tuple(counts), (), (), False, (), False)
@@ -367,7 +375,8 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
                 batch_currents = _noisy(currents[idx], config.input_noise, (config.seed, epoch, b))
                 ((loss, result), grads), state.budget = network.batch_loss(
                     state.params, _event_times(times, idx), batch_currents, labels[idx], neuron, T=T,
-                    gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget, grad=True,
+                    gamma=config.gamma, readout_tau=config.readout_tau, late_penalty=config.late_penalty,
+                    budget=state.budget, grad=True,
                 )
             except network.EventBudgetError as err:
                 # The previous update drove firing beyond the event budget: undo it and
@@ -408,7 +417,8 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
             try:
                 val_metrics, state.budget = evaluate_network(
                     state.params, val_times, val_currents, val_labels, neuron, T, batch_size=batch_size,
-                    gamma=config.gamma, readout_tau=config.readout_tau, budget=state.budget,
+                    gamma=config.gamma, readout_tau=config.readout_tau, late_penalty=config.late_penalty,
+                    budget=state.budget,
                 )
             except network.EventBudgetError as err:
                 logger.warning("epoch %d: validation: %s; last update undone", epoch, err)

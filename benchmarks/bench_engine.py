@@ -89,7 +89,8 @@ def measure(eeg, neuron, n_hidden, n_events, batch, repeats, latency_repeats):
     result, sim_budget = network.simulate(params, times, currents[:1], neuron, T=T)
     p50, p99 = timed(lambda: network.simulate(params, times, currents[:1], neuron, T=T, budget=sim_budget)[0],
                      latency_repeats)
-    compiled = network._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, grad=True)
+    compiled = network._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, late_penalty=0.0,
+                                 grad=True)
     memory = compiled.lower(params, times, currents, labels).compile().memory_analysis()
     full, _ = network.simulate(params, times, currents, neuron, T=T, budget=budget)
     return {

@@ -88,7 +88,7 @@ def main(argv=None):
         out, budget = net.batch_loss(params, times, currents, labels, args.neuron, T=T, grad=True)
         _, single = net.simulate(params, times, currents[:1], args.neuron, T=T)
         neuron = net.get_neuron(args.neuron)
-        step = net._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, grad=True)
+        step = net._compiled("loss", neuron, T, budget, None, gamma=0.01, readout_tau=1.0, late_penalty=0.0, grad=True)
         forward = net._compiled("simulate", neuron, T, single, None)
         calls[name] = (lambda f=step: f(params, times, currents, labels),
                        lambda f=forward: f(params, times, currents[:1]))

@@ -118,6 +118,7 @@ def test_unknown_section_is_named():
     ({"model": {"n_segments": 0}}, "n_segments"),
     ({"model": {"scale": "robust"}}, "scale"),
     ({"model": {"optimizer": "rmsprop"}}, "optimizer"),
+    ({"model": {"late_penalty": -1}}, "late_penalty"),
     ({"model": {"learning_rate": "3e-3"}}, "learning_rate"),  # YAML 1.1 reads 3e-3 as a string
     ({"model": {"tau": -0.05}}, "tau"),
     ({"model": {"grad_clip": 0}}, "grad_clip"),

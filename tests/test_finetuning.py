@@ -70,19 +70,21 @@ def test_fine_tuned_decoder_is_the_pretrained_model_fine_tuned_on_the_users_tria
     assert len(list(cache.glob("*.npz"))) == 1  # the same pretraining
 
 
-def test_models_cached_before_the_optimizer_setting_keep_their_key(trials):
-    # Models cached before ``optimizer`` existed were trained with Adam: the default must hash as they
-    # did (without the setting), SGD differently.
+def test_models_cached_before_a_setting_existed_keep_their_key(trials):
+    # Models cached before ``optimizer`` and ``late_penalty`` existed were trained with Adam and no
+    # late penalty: the defaults must hash as they did (without the settings), other values differently.
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
-    adam, sgd = (QIFClassifier(**SMALL, sfreq=trials.sfreq, optimizer=name) for name in ("adam", "sgd"))
+    default = QIFClassifier(**SMALL, sfreq=trials.sfreq)
 
-    class Older(QIFClassifier):  # the estimator as it was: every setting but the optimizer
+    class Older(QIFClassifier):  # the estimator as it was: every setting but the added ones
         def get_params(self, deep=True):
-            return {k: v for k, v in super().get_params(deep).items() if k != "optimizer"}
+            return {k: v for k, v in super().get_params(deep).items() if k not in ("optimizer", "late_penalty")}
 
     older = Older(**SMALL, sfreq=trials.sfreq)
-    assert _fingerprint(adam, X, y, groups) == _fingerprint(older, X, y, groups)
-    assert _fingerprint(sgd, X, y, groups) != _fingerprint(adam, X, y, groups)
+    assert _fingerprint(default, X, y, groups) == _fingerprint(older, X, y, groups)
+    for changed in (dict(optimizer="sgd"), dict(late_penalty=1.0)):
+        other = QIFClassifier(**SMALL, sfreq=trials.sfreq, **changed)
+        assert _fingerprint(other, X, y, groups) != _fingerprint(default, X, y, groups)
 
 
 def test_an_unreadable_cached_model_is_pretrained_again(trials, cache, caplog):

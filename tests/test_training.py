@@ -8,6 +8,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -92,7 +93,7 @@ def test_a_resumed_run_that_had_stopped_early_stays_stopped():
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("learning_rate", 0.0),
                                           ("grad_clip", -1.0), ("patience", 0),
                                           ("input_noise", -0.1), ("input_noise", math.nan),
-                                          ("optimizer", "rmsprop")])
+                                          ("late_penalty", -1.0), ("optimizer", "rmsprop")])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -124,6 +125,44 @@ def test_sgd_trains_a_network():
     config = TrainConfig(epochs=20, batch_size=8, learning_rate=1.0, optimizer="sgd")
     history = train(params, times, currents, labels, "qif", 3.0, config, progress=False).history
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_late_penalty_acts_only_on_trials_whose_outputs_fire_late():
+    T = 6.0
+    early, late = np.array([2.0, 7.5]), np.array([6.6, 8.1])  # earliest output spike at 2.0 or 6.6
+    base = {name: float(network.trial_loss(jnp.asarray(t), 1, T)) for name, t in (("early", early), ("late", late))}
+    for name, t in (("early", early), ("late", late)):
+        value = float(network.trial_loss(jnp.asarray(t), 1, T, late_penalty=2.0))
+        extra = 2.0 * max(0.0, t.min() / T - network.LATE_DEADLINE)
+        assert value == pytest.approx(base[name] + extra, rel=1e-6)
+    # Its gradient reaches the earliest output only, whichever class that is.
+    grad = lambda t, penalty: np.asarray(jax.grad(lambda x: network.trial_loss(x, 1, T, late_penalty=penalty))(
+        jnp.asarray(t)))
+    np.testing.assert_allclose(grad(late, 2.0) - grad(late, 0.0), [2.0 / T, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(grad(early, 2.0), grad(early, 0.0))
+
+
+def test_late_penalty_pulls_silent_outputs_into_the_trial():
+    # Labels the inputs cannot predict, weak inputs and negative biases: the output neurons fire
+    # after the trial, and the cross-entropy (gamma 0) has no reason to move them; the late
+    # penalty pulls the earliest one inside the trial.
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.array([0, 1] * 16))
+    currents = (0.3 * rng.normal(size=(32, 6, 4))).astype(np.float32)
+    times = np.arange(6, dtype=np.float32)
+    params = network.init(jax.random.PRNGKey(1), (4, 2), weight_scale=1.0, bias=-0.3)
+
+    def fired_in_trial(trained):
+        result, _ = network.simulate(trained, times, currents, "qif", T=6.0)
+        return float(np.mean(np.asarray(result.ordinary).any(axis=1)))
+
+    fired = {penalty: fired_in_trial(train(params, times, currents, labels, "qif", 6.0,
+                                           TrainConfig(epochs=10, batch_size=16, learning_rate=0.1, gamma=0.0,
+                                                       late_penalty=penalty), progress=False).params)
+             for penalty in (0.0, 5.0)}
+    assert fired_in_trial(params) == 0.0 and fired[0.0] < 0.2
+    assert fired[5.0] > 0.8
+    assert QIFClassifier(late_penalty=5.0)._train_config().late_penalty == 5.0
 
 
 def test_input_noise_is_one_draw_per_trial_and_input_held_over_the_events():
