@@ -554,16 +554,24 @@ def trial_loss(first_spike_times, label, T, *, gamma=0.01, readout_tau=1.0, late
     """Loss of one trial from its output first-spike times.
 
     ``cross_entropy(softmax(-t / readout_tau), label) + gamma * (exp(t_label / T) - 1)
-    + late_penalty * max(0, min_k t_k / T - LATE_DEADLINE)``: the earliest output
-    neuron is the prediction; the second term pulls the correct neuron's spike into
-    the trial; the third acts only on trials where no output neuron fires before
-    ``LATE_DEADLINE * T`` and pulls the earliest one (whichever it is) to that time.
-    The decision by the first ordinary spike needs some output to fire inside the
-    trial, and unlike ``gamma`` this term leaves the trials that already do alone.
+    + late_penalty * max(0, m / T - LATE_DEADLINE)``, where
+    ``m = -T log(mean_k exp(-t_k / T))`` is a soft minimum of the output spike times
+    (between their minimum and their mean). The earliest output neuron is the
+    prediction; the second term pulls the correct neuron's spike into the trial; the
+    third acts only on trials whose outputs fire late (``m`` beyond
+    ``LATE_DEADLINE * T``) and pulls all of them earlier nearly alike (weights
+    ``softmax(-t / T)``, near-equal for times closer than ``T``): the decision by the
+    first ordinary spike needs some output to fire inside the trial, and this term
+    favours no class, where ``gamma`` favours the correct one on every trial, and
+    leaves the trials whose outputs fire early alone. (A first version
+    pulled the earliest output alone, ``min_k t_k``: it cost 5-7 points of accuracy;
+    docs/benchmarks.md, thirteenth session.)
     """
     logits = -first_spike_times / readout_tau
     ce = jax.nn.logsumexp(logits) - logits[label]
-    lateness = jax.nn.relu(jnp.min(first_spike_times) / T - LATE_DEADLINE)
+    n_outputs = first_spike_times.shape[-1]
+    soft_earliest = -T * (jax.nn.logsumexp(-first_spike_times / T) - jnp.log(n_outputs))
+    lateness = jax.nn.relu(soft_earliest / T - LATE_DEADLINE)
     return ce + gamma * jnp.expm1(first_spike_times[label] / T) + late_penalty * lateness
 
 

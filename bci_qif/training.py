@@ -62,9 +62,9 @@ class TrainConfig:
         score (``None``: never stop early). The best parameters are kept.
     gamma, readout_tau, late_penalty : float
         Loss settings, see :func:`bci_qif.network.trial_loss`. ``late_penalty`` (0:
-        off) pulls the earliest output spike of every trial that has none before 90 %
-        of the trial to that time, so that the decision by the first ordinary spike
-        has a spike to go on.
+        off) pulls the output spikes of every trial whose outputs fire late (a soft
+        minimum of their times beyond 90 % of the trial) earlier, all nearly alike, so
+        that the decision by the first ordinary spike has a spike to go on.
     trainable_layers : tuple of int or None
         Indices of the layers whose weights and biases are trained (negative ones
         count from the output layer: ``(-1,)`` trains the output layer only); the

@@ -129,16 +129,20 @@ def test_sgd_trains_a_network():
 
 def test_late_penalty_acts_only_on_trials_whose_outputs_fire_late():
     T = 6.0
-    early, late = np.array([2.0, 7.5]), np.array([6.6, 8.1])  # earliest output spike at 2.0 or 6.6
-    base = {name: float(network.trial_loss(jnp.asarray(t), 1, T)) for name, t in (("early", early), ("late", late))}
-    for name, t in (("early", early), ("late", late)):
+    early, late = np.array([2.0, 7.5]), np.array([6.6, 8.1])  # soft minimum 4.4 (0.73 T) or 7.3 (1.22 T)
+    for t in (early, late):
+        soft_earliest = -T * np.log(np.mean(np.exp(-t / T)))
+        extra = 2.0 * max(0.0, soft_earliest / T - network.LATE_DEADLINE)
+        assert (extra > 0) == (t is late)
         value = float(network.trial_loss(jnp.asarray(t), 1, T, late_penalty=2.0))
-        extra = 2.0 * max(0.0, t.min() / T - network.LATE_DEADLINE)
-        assert value == pytest.approx(base[name] + extra, rel=1e-6)
-    # Its gradient reaches the earliest output only, whichever class that is.
+        assert value == pytest.approx(float(network.trial_loss(jnp.asarray(t), 1, T)) + extra, rel=1e-6)
+    # Its gradient pulls both outputs, in proportion to softmax(-t / T): nearly alike, neither class's
+    # output singled out.
     grad = lambda t, penalty: np.asarray(jax.grad(lambda x: network.trial_loss(x, 1, T, late_penalty=penalty))(
         jnp.asarray(t)))
-    np.testing.assert_allclose(grad(late, 2.0) - grad(late, 0.0), [2.0 / T, 0.0], rtol=1e-6)
+    weights = np.exp(-late / T) / np.exp(-late / T).sum()
+    np.testing.assert_allclose(grad(late, 2.0) - grad(late, 0.0), 2.0 / T * weights, rtol=1e-5)
+    assert 0.5 < weights[0] < 0.6
     np.testing.assert_allclose(grad(early, 2.0), grad(early, 0.0))
 
 
