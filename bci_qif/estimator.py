@@ -195,7 +195,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
                  recenter=True, n_segments=1, scale="feature", rate_hz=10.0, input_gain=1.0, weight_scale=2.0,
                  bias=0.3, epochs=30, batch_size=32, learning_rate=1e-2, grad_clip=1.0, weight_decay=0.0,
                  optimizer="adam", input_noise=2.0, gamma=0.01, readout_tau=1.0, late_penalty=0.0,
-                 validation_fraction=0.0, patience=None, sfreq=None, n_members=3, random_state=0, dtype="float32", verbose=False):
+                 validation_fraction=0.0, patience=None, sfreq=None, n_members=3, random_state=0, dtype="float32",
+                 verbose=False):
         self.neuron = neuron
         self.hidden_layer_sizes = hidden_layer_sizes
         self.tau = tau
