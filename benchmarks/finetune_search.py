@@ -121,6 +121,8 @@ PRETRAIN = {
     # (readout_tau 0.5 instead of 1) asks for the same margins without larger weights.
     "seg2_common_noise0.5_late2_rt0.5": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0,
                                              readout_tau=0.5),
+    "seg2_common_noise0.5_late2_rt0.25": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0,
+                                              readout_tau=0.25),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
     "lif": _model_changes("lif"),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
