@@ -149,7 +149,7 @@ def test_late_penalty_acts_only_on_trials_whose_outputs_fire_late():
 def test_late_penalty_pulls_silent_outputs_into_the_trial():
     # Labels the inputs cannot predict, weak inputs and negative biases: the output neurons fire
     # after the trial, and the cross-entropy (gamma 0) has no reason to move them; the late
-    # penalty pulls the earliest one inside the trial.
+    # penalty pulls them (all alike) inside the trial.
     rng = np.random.default_rng(3)
     labels = rng.permutation(np.array([0, 1] * 16))
     currents = (0.3 * rng.normal(size=(32, 6, 4))).astype(np.float32)
