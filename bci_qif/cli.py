@@ -142,7 +142,7 @@ def cmd_fine_tune(args):
 def _fine_tuned_model(config, sfreq):
     from .finetuning import FineTunedQIF
 
-    return FineTunedQIF(_model(config, sfreq=sfreq))
+    return FineTunedQIF(_model(config, sfreq=sfreq), **config["fine_tuning"])
 
 
 def _pipelines(names, config, sfreq):
@@ -299,7 +299,8 @@ def build_parser():
     tune.add_argument("--model", required=True, help="model.npz or a run folder holding one (e.g. runs/default)")
     tune.add_argument("--subjects", nargs="+", type=int, required=True, help="the user's EEGMMIDB subject number(s)")
     tune.add_argument("--trials", type=int, help="only each subject's first N trials (recording order)")
-    tune.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
+    tune.add_argument("--epochs", type=int, default=20,
+                      help="fine-tuning epochs (default 20; 0: only align the model to the user)")
     tune.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     tune.add_argument("--data-dir", help="data root holding MNE-eegbci-data/ (default: $MNE_DATA, else MNE's)")
     tune.add_argument("--download", action="store_true", help="download missing EEGMMIDB files (needs internet)")

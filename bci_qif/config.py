@@ -1,11 +1,13 @@
 """Run configurations: YAML files with a dataset, preprocessing, model, training and evaluation.
 
-A configuration has five sections, all optional (defaults below)::
+A configuration has six sections, all optional (defaults below)::
 
     dataset:        {task: left_right_imagery, subjects: all}
     preprocessing:  keys of bci_qif.preprocessing.PreprocessingConfig
     model:          constructor arguments of bci_qif.QIFClassifier
     training:       {validation_fraction: 0.2}
+    fine_tuning:    {epochs: 20, learning_rate: 0.003}   (the qif_finetuned pipeline;
+                     epochs 0: the pretrained networks as they are, aligned to the user)
     evaluation:     {protocol: within-subject, n_splits: 5, pipelines: [...], seed: 42,
                      n_calibration: 0}
 
@@ -35,6 +37,7 @@ DEFAULTS = {
     "preprocessing": {},
     "model": {},
     "training": {},
+    "fine_tuning": {"epochs": 20, "learning_rate": 3e-3},
     "evaluation": {
         "protocol": "within-subject",
         "n_splits": 5,
@@ -152,6 +155,13 @@ def validate_config(config):
         full["model"]["hidden_layer_sizes"] = tuple(full["model"]["hidden_layer_sizes"])
     _check_keys("training", full["training"], {"validation_fraction", "patience"})
     _check_values("training", full["training"])
+    _check_keys("fine_tuning", full["fine_tuning"], DEFAULTS["fine_tuning"])
+    fine_tuning = full["fine_tuning"]
+    if not (_is_int(fine_tuning["epochs"]) and fine_tuning["epochs"] >= 0):
+        raise ConfigError(f"fine_tuning.epochs must be a non-negative integer (0: no training, the user's trials "
+                          f"only align), got {fine_tuning['epochs']!r}")
+    if not (_is_number(fine_tuning["learning_rate"]) and fine_tuning["learning_rate"] > 0):
+        raise ConfigError(f"fine_tuning.learning_rate must be a positive number, got {fine_tuning['learning_rate']!r}")
     _check_keys("evaluation", full["evaluation"], DEFAULTS["evaluation"])
     evaluation = full["evaluation"]
     if evaluation["protocol"] not in PROTOCOLS:

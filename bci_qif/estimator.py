@@ -505,6 +505,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         y : array, shape (n_trials,)
             Their labels, among ``classes_``.
         epochs : int
+            Training epochs; 0 adopts the user's reference alone (the networks stay
+            as they are: a pretrained decoder aligned to the user, "zero-shot").
         learning_rate : float
             Peak learning rate of the fine-tuning schedule.
         output_only : bool
@@ -521,7 +523,11 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         if len(y) != len(data) or unknown:
             raise ValueError(f"y must hold one label per trial ({len(data)}) among {self.classes_.tolist()}, "
                              f"got {len(y)} labels{f', unknown {unknown}' if unknown else ''}")
+        if not (isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) and epochs >= 0):
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         self._aligning_encoder("fine_tune").adopt_reference(data)
+        if epochs == 0:
+            return self
         times, currents = self._events(data)
         config = dataclasses.replace(self._train_config(), epochs=int(epochs), learning_rate=float(learning_rate),
                                      patience=None, trainable_layers=(-1,) if output_only else None)

@@ -48,7 +48,8 @@ class FineTunedQIF(ClassifierMixin, BaseEstimator):
         The unfitted decoder to pretrain (default: ``QIFClassifier()``, the shipped
         default). Give its ``sfreq`` when ``X`` is an array.
     epochs : int
-        Fine-tuning epochs on the user's trials.
+        Fine-tuning epochs on the user's trials; 0 uses them only to align the
+        user's trials (the pretrained networks as they are).
     learning_rate : float
         Peak learning rate of the fine-tuning schedule.
     cache : bool

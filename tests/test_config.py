@@ -47,6 +47,15 @@ def test_finetuned_halves_config_differs_from_default_only_in_the_encoding_noise
     assert halves == default
 
 
+def test_finetuned_late_config_differs_from_finetuned_halves_only_in_the_late_penalty_and_readout():
+    halves, late = (yaml.safe_load((CONFIGS / f"{n}.yaml").read_text()) for n in ("finetuned_halves", "finetuned_late"))
+    load_config(CONFIGS / "finetuned_late.yaml")
+    assert (late["model"]["late_penalty"], late["model"]["readout_tau"]) == (2.0, 0.25)
+    for key in ("late_penalty", "readout_tau"):
+        late["model"][key] = halves["model"][key]
+    assert late == halves
+
+
 def test_model_section_builds_an_estimator():
     from bci_qif import QIFClassifier
 
@@ -78,6 +87,7 @@ def test_empty_file_means_defaults(tmp_path):
     ("preprocessing", "bandpas"),
     ("model", "hiden_layer_sizes"),
     ("training", "early_stopping"),
+    ("fine_tuning", "epoch"),
     ("evaluation", "n_split"),
 ])
 def test_unknown_key_in_every_section_is_named(section, key):
@@ -126,6 +136,9 @@ def test_unknown_section_is_named():
     ({"training": {"validation_fraction": 1.0}}, "validation_fraction"),
     ({"training": {"patience": 0}}, "patience"),
     ({"model": [1, 2]}, "model"),
+    ({"fine_tuning": {"epochs": -1}}, "fine_tuning.epochs"),
+    ({"fine_tuning": {"epochs": 2.5}}, "fine_tuning.epochs"),
+    ({"fine_tuning": {"learning_rate": 0}}, "fine_tuning.learning_rate"),
 ])
 def test_bad_values_are_named(config, match):
     with pytest.raises(ConfigError, match=match):

@@ -349,6 +349,16 @@ def test_fine_tune_trains_on_from_the_fitted_weights(fitted, trials, tmp_path):
     # A vanishing learning rate keeps the weights; subject 1's own trials align it by its training mean.
     still = copy.deepcopy(fitted).fine_tune(X, y, epochs=1, learning_rate=1e-12)
     np.testing.assert_allclose(still.predict_proba(X), before, rtol=1e-4)
+    # No epochs: the user's trials only align (as a calibration would), the weights stay.
+    few = X[:10]
+    aligned = copy.deepcopy(fitted).fine_tune(few, y[:10], epochs=0)
+    assert all(np.array_equal(np.asarray(new["w"]), np.asarray(old["w"]))
+               for new, old in zip(aligned.members_[0], fitted.members_[0]))
+    np.testing.assert_allclose(aligned.predict_proba(X), copy.deepcopy(fitted).calibrate(few).predict_proba(X),
+                               rtol=1e-6)
+    assert not np.allclose(aligned.predict_proba(X), before, rtol=1e-3)  # the alignment did change something
+    with pytest.raises(ValueError, match="non-negative integer"):
+        copy.deepcopy(fitted).fine_tune(X, y, epochs=-1)
     # Swapped labels: training goes on from the fitted weights towards the new targets.
     swapped = np.where(y == fitted.classes_[0], fitted.classes_[1], fitted.classes_[0])
     tuned = copy.deepcopy(fitted).fine_tune(X, swapped, epochs=10, learning_rate=3e-2)
@@ -359,7 +369,6 @@ def test_fine_tune_trains_on_from_the_fitted_weights(fitted, trials, tmp_path):
     for layer, (new, old) in enumerate(zip(outputs.members_[0], fitted.members_[0])):
         changed = not np.array_equal(np.asarray(new["w"]), np.asarray(old["w"]))
         assert changed == (layer == len(fitted.members_[0]) - 1)  # only the output layer trains
-    few = X[:10]
     user = copy.deepcopy(fitted).fine_tune(few, y[:10], epochs=2)
     user.save(tmp_path / "user.npz")
     loaded = QIFClassifier.load(tmp_path / "user.npz")

@@ -10,6 +10,7 @@ import pytest
 
 from bci_qif import cli
 from bci_qif.baselines import make_baseline
+from bci_qif.config import validate_config
 from bci_qif.datasets import load_eegbci
 from bci_qif.estimator import QIFClassifier
 from bci_qif.evaluation import EvalData, evaluate
@@ -68,6 +69,21 @@ def test_fine_tuned_decoder_is_the_pretrained_model_fine_tuned_on_the_users_tria
                                            target_group=2)
     assert not zero_shot.fine_tuned_
     assert len(list(cache.glob("*.npz"))) == 1  # the same pretraining
+
+
+def test_zero_epochs_from_the_config_file_give_the_pretrained_networks_aligned_to_the_user(trials, cache):
+    X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
+    user = np.flatnonzero(groups == 2)
+    calibration, test = user[:20], user[20:]
+    train = np.concatenate([np.flatnonzero(groups == 1), calibration])
+    config = validate_config({"model": dict(SMALL), "fine_tuning": {"epochs": 0, "learning_rate": 1e-3}})
+    decoder = cli._pipelines(["qif_finetuned"], config, trials.sfreq)["qif_finetuned"]()
+    assert (decoder.epochs, decoder.learning_rate) == (0, 1e-3)
+    decoder.fit(X[train], y[train], groups=groups[train], target_group=2)
+    pretrained = QIFClassifier(**SMALL, sfreq=trials.sfreq).fit(X[groups == 1], y[groups == 1],
+                                                                groups=groups[groups == 1])
+    np.testing.assert_allclose(decoder.predict_proba(X[test], groups=groups[test]),
+                               pretrained.calibrate(X[calibration]).predict_proba(X[test]), rtol=1e-6)
 
 
 def test_models_cached_before_a_setting_existed_keep_their_key(trials):
