@@ -28,6 +28,9 @@ inner validation (adapt on 75 %, score on 25 %); variants are chosen on the inne
 score only. The outer score (adapt on the whole training fold, score on the test
 fold) is recorded, never used to choose. The pretrained model is shared by the
 inner and outer fits of a subject: it holds none of the subject's trials.
+``--inner-splits K`` repeats the inner split K times per outer fold (different
+seeds; the first is the single split's), so that the inner score that decides
+averages out the luck of one 25 % draw (rows carry ``inner_split``).
 
 Run::
 
@@ -167,7 +170,7 @@ def _variant_name(pretrain, variant):
     return variant if pretrain == "default" else f"{pretrain}/{variant}"
 
 
-def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default"):
+def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default", inner_splits=1):
     """Pretrain on the other subjects, then score every variant on every fold of ``subject``."""
     t0 = time.perf_counter()
     others = groups != subject
@@ -176,10 +179,15 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
     pretrain_s = time.perf_counter() - t0
     rows = []
     for fold, train, test in folds:
-        inner_train, inner_val = _inner_split(y[train], groups[train], "within-subject", seed + fold)
+        # Inner split k draws with seed + fold + 1000 k: k = 0 is the single split of earlier runs.
+        parts = []
+        for k in range(inner_splits):
+            fit, val = _inner_split(y[train], groups[train], "within-subject", seed + fold + 1000 * k)
+            parts.append(("inner", k, train[fit], train[val]))
+        parts.append(("outer", -1, train, test))
         for variant in variants:
             t1 = time.perf_counter()
-            for part, fit_idx, score_idx in (("inner", train[inner_train], train[inner_val]), ("outer", train, test)):
+            for part, inner_split, fit_idx, score_idx in parts:
                 setting = VARIANTS[variant]
                 if setting == "auto":
                     epochs = _auto_epochs(pretrained, X[fit_idx], y[fit_idx], seed + fold)
@@ -189,7 +197,8 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
                 rows.append(dict(variant=_variant_name(pretrain, variant), subject=subject, fold=fold, part=part,
-                                 accuracy=acc, acc_ord=acc_ord, failed=0, epochs=setting[1] if setting else 0))
+                                 inner_split=inner_split, accuracy=acc, acc_ord=acc_ord, failed=0,
+                                 epochs=setting[1] if setting else 0))
             rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
     return rows
 
@@ -209,10 +218,14 @@ def main(argv=None):
     parser.add_argument("--n-members", type=int, default=3, help="networks of the pretrained decoder")
     parser.add_argument("--pretrain", default="default", choices=list(PRETRAIN),
                         help="settings of the pretrained decoder (PRETRAIN in this script)")
+    parser.add_argument("--inner-splits", type=int, default=1,
+                        help="inner 75/25 splits per outer fold, their scores averaged (default 1)")
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, help="CSV file to append per-fold rows to")
     args = parser.parse_args(argv)
+    if args.inner_splits < 1:
+        parser.error(f"--inner-splits must be at least 1, got {args.inner_splits}")
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -237,7 +250,7 @@ def main(argv=None):
     # every finished subject (and the pretrained cache keeps every finished pretraining).
     finished = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(
         delayed(run_subject)(subject, X, y, groups, trials.sfreq, by_subject[subject], variants, args.seed,
-                             args.n_members, args.pretrain)
+                             args.n_members, args.pretrain, args.inner_splits)
         for subject in subjects)
     frames = []
     for rows in finished:
