@@ -30,7 +30,8 @@ fold) is recorded, never used to choose. The pretrained model is shared by the
 inner and outer fits of a subject: it holds none of the subject's trials.
 ``--inner-splits K`` repeats the inner split K times per outer fold (different
 seeds; the first is the single split's), so that the inner score that decides
-averages out the luck of one 25 % draw (rows carry ``inner_split``).
+averages out the luck of one 25 % draw (rows carry ``inner_split``; give such a run
+its own ``--out``: resuming skips saved subjects whatever their K).
 
 Run::
 
