@@ -160,8 +160,7 @@ def validate_config(config):
     if not (_is_int(fine_tuning["epochs"]) and fine_tuning["epochs"] >= 0):
         raise ConfigError(f"fine_tuning.epochs must be a non-negative integer (0: no training, the user's trials "
                           f"only align), got {fine_tuning['epochs']!r}")
-    if not (_is_number(fine_tuning["learning_rate"]) and fine_tuning["learning_rate"] > 0):
-        raise ConfigError(f"fine_tuning.learning_rate must be a positive number, got {fine_tuning['learning_rate']!r}")
+    _check_values("fine_tuning", {"learning_rate": fine_tuning["learning_rate"]})  # epochs may be 0 here
     _check_keys("evaluation", full["evaluation"], DEFAULTS["evaluation"])
     evaluation = full["evaluation"]
     if evaluation["protocol"] not in PROTOCOLS:
