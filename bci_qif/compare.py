@@ -450,12 +450,9 @@ def _batches(n, batch_size):
 
 
 def _trial_losses(t, labels, T, gamma, readout_tau):
-    """Per-trial loss of :func:`bci_qif.network.trial_loss`, in NumPy."""
-    logits = -np.asarray(t, np.float64) / readout_tau
-    top = logits.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.sum(np.exp(logits - top), axis=1))
-    rows = np.arange(len(labels))
-    return lse - logits[rows, labels] + gamma * np.expm1(np.asarray(t, np.float64)[rows, labels] / T)
+    """Per-trial loss of :func:`bci_qif.network.trial_loss` (the study's models have no late penalty)."""
+    loss = lambda times, label: network.trial_loss(times, label, T, gamma=gamma, readout_tau=readout_tau)
+    return np.asarray(jax.vmap(loss)(jnp.asarray(t), jnp.asarray(labels)))
 
 
 def _evaluate(params, split, neuron, scale, T, hp, budget, *, limit=None):

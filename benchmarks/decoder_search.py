@@ -84,6 +84,13 @@ VARIANTS = {
     # ens3 is the shipped default since the sixth session.
     "ts_h16_rc_noise2_ens3": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=3),
     "ts_h16_rc_noise2_ens5": dict(TS_BASE, recenter=True, input_noise=2.0, n_members=5),
+    # The pooled search's outputs-into-the-trial recipe (late penalty 2, readout_tau 0.25; fourteenth
+    # session) on the user's own trials: with the default's input, and with its own (halves, common scale,
+    # noise 0.5).
+    "ts_h16_rc_noise2_late2_rt0.25": dict(TS_BASE, recenter=True, input_noise=2.0, late_penalty=2.0,
+                                          readout_tau=0.25),
+    "ts_seg2_common_noise0.5_late2_rt0.25": dict(TS_BASE, recenter=True, n_segments=2, scale="common",
+                                                 input_noise=0.5, late_penalty=2.0, readout_tau=0.25),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",

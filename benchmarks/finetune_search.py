@@ -129,6 +129,10 @@ PRETRAIN = {
                                               readout_tau=0.25),
     # The sharper readout without the late penalty: which of the two does the work?
     "seg2_common_noise0.5_rt0.25": dict(n_segments=2, scale="common", input_noise=0.5, readout_tau=0.25),
+    # The outputs kept firing by the late penalty and the sharper readout, at noise 1 (the best outer score of
+    # the one-network rows without them; eleventh session) instead of 0.5.
+    "seg2_common_noise1_late2_rt0.25": dict(n_segments=2, scale="common", input_noise=1.0, late_penalty=2.0,
+                                            readout_tau=0.25),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
     "lif": _model_changes("lif"),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
