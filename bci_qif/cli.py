@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import PIPELINE_NAMES, load_config
+from .config import DEFAULTS, PIPELINE_NAMES, load_config
 from .errors import BCIQIFError, ConfigError
 from .protocols import PROTOCOLS
 
@@ -299,9 +299,12 @@ def build_parser():
     tune.add_argument("--model", required=True, help="model.npz or a run folder holding one (e.g. runs/default)")
     tune.add_argument("--subjects", nargs="+", type=int, required=True, help="the user's EEGMMIDB subject number(s)")
     tune.add_argument("--trials", type=int, help="only each subject's first N trials (recording order)")
-    tune.add_argument("--epochs", type=int, default=20,
-                      help="fine-tuning epochs (default 20; 0: only align the model to the user)")
-    tune.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    # The configuration's fine_tuning defaults, so that `fine-tune` and the qif_finetuned pipeline agree.
+    tuning = DEFAULTS["fine_tuning"]
+    tune.add_argument("--epochs", type=int, default=tuning["epochs"],
+                      help=f"fine-tuning epochs (default {tuning['epochs']}; 0: only align the model to the user)")
+    tune.add_argument("--learning-rate", type=float, default=tuning["learning_rate"],
+                      help=f"peak learning rate (default {tuning['learning_rate']:g})")
     tune.add_argument("--data-dir", help="data root holding MNE-eegbci-data/ (default: $MNE_DATA, else MNE's)")
     tune.add_argument("--download", action="store_true", help="download missing EEGMMIDB files (needs internet)")
     tune.add_argument("--quiet", action="store_true", help="no progress bars")
