@@ -77,17 +77,24 @@ def _model(config, **overrides):
     return QIFClassifier(**params)
 
 
+def _pretrained_decoder(config, **overrides):
+    """The networks that qif_finetuned pretrains: ``model`` with ``fine_tuning.pretrained_model``'s changes."""
+    return _model(config, **{**config["fine_tuning"]["pretrained_model"], **overrides})
+
+
 def cmd_train(args):
     """Train a decoder, writing checkpoint, model, history and curves to ``--out``."""
     from .report import plot_training_curves
 
     config_path = _config_path(args)
     config = load_config(config_path)
-    out = Path(args.out or Path("runs") / (Path(config_path).stem if config_path else "default"))
+    stem = Path(config_path).stem if config_path else "default"
+    out = Path(args.out or Path("runs") / (f"{stem}_pretrained" if args.pretrain else stem))
     out.mkdir(parents=True, exist_ok=True)
     trials = _load(config, args)
     epochs = trials.to_epochs()
-    model = _model(config, verbose=not args.quiet)
+    # --pretrain: the decoder for new users, which `fine-tune` adapts (as the qif_finetuned pipeline does).
+    model = (_pretrained_decoder if args.pretrain else _model)(config, verbose=not args.quiet)
     if args.epochs is not None:
         model.set_params(epochs=args.epochs)
     t0 = time.perf_counter()
@@ -142,7 +149,8 @@ def cmd_fine_tune(args):
 def _fine_tuned_model(config, sfreq):
     from .finetuning import FineTunedQIF
 
-    return FineTunedQIF(_model(config, sfreq=sfreq), **config["fine_tuning"])
+    tuning = {key: value for key, value in config["fine_tuning"].items() if key != "pretrained_model"}
+    return FineTunedQIF(_pretrained_decoder(config, sfreq=sfreq), **tuning)
 
 
 def _pipelines(names, config, sfreq):
@@ -290,9 +298,14 @@ def build_parser():
 
     train = sub.add_parser("train", help="train a spiking decoder")
     data_args(train)
-    train.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
+    train.add_argument("--out", type=Path,
+                       help="output folder (default: runs/<config name>, or runs/<config name>_pretrained "
+                            "with --pretrain)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     train.add_argument("--epochs", type=int, help="override the number of epochs")
+    train.add_argument("--pretrain", action="store_true",
+                       help="train the decoder for new users that fine-tune adapts (the configuration's model "
+                            "with its fine_tuning.pretrained_model settings, as the qif_finetuned pipeline)")
     train.set_defaults(func=cmd_train)
 
     tune = sub.add_parser("fine-tune", help="adapt a trained decoder to a new user's labelled trials")

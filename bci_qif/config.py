@@ -6,8 +6,10 @@ A configuration has six sections, all optional (defaults below)::
     preprocessing:  keys of bci_qif.preprocessing.PreprocessingConfig
     model:          constructor arguments of bci_qif.QIFClassifier
     training:       {validation_fraction: 0.2}
-    fine_tuning:    {epochs: 20, learning_rate: 0.003}   (the qif_finetuned pipeline;
-                     epochs 0: the pretrained networks as they are, aligned to the user)
+    fine_tuning:    {epochs: 20, learning_rate: 0.003, pretrained_model: {}}
+                    (the qif_finetuned pipeline; epochs 0: the pretrained networks as they
+                     are, aligned to the user; pretrained_model: keys of ``model`` that the
+                     networks pretrained on the other subjects use instead)
     evaluation:     {protocol: within-subject, n_splits: 5, pipelines: [...], seed: 42,
                      n_calibration: 0}
 
@@ -37,7 +39,7 @@ DEFAULTS = {
     "preprocessing": {},
     "model": {},
     "training": {},
-    "fine_tuning": {"epochs": 20, "learning_rate": 3e-3},
+    "fine_tuning": {"epochs": 20, "learning_rate": 3e-3, "pretrained_model": {}},
     "evaluation": {
         "protocol": "within-subject",
         "n_splits": 5,
@@ -161,6 +163,17 @@ def validate_config(config):
         raise ConfigError(f"fine_tuning.epochs must be a non-negative integer (0: no training, the user's trials "
                           f"only align), got {fine_tuning['epochs']!r}")
     _check_values("fine_tuning", {"learning_rate": fine_tuning["learning_rate"]})  # epochs may be 0 here
+    # The pretrained networks learn from ~20 times the trials of an own-trials decoder, so they may want other
+    # settings; given as overrides of `model`, checked like it.
+    overrides = fine_tuning["pretrained_model"]
+    if overrides is None:
+        overrides = fine_tuning["pretrained_model"] = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"fine_tuning.pretrained_model must be a mapping of model keys, got {overrides!r}")
+    _check_keys("fine_tuning.pretrained_model", overrides, _model_keys())
+    _check_values("fine_tuning.pretrained_model", overrides)
+    if isinstance(overrides.get("hidden_layer_sizes"), list):
+        overrides["hidden_layer_sizes"] = tuple(overrides["hidden_layer_sizes"])
     _check_keys("evaluation", full["evaluation"], DEFAULTS["evaluation"])
     evaluation = full["evaluation"]
     if evaluation["protocol"] not in PROTOCOLS:

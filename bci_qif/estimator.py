@@ -28,7 +28,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .currents import to_input_events
 from .encoding import make_encoder
 from .neurons import get_neuron
-from .training import TrainConfig, TrainingState, evaluate_network, make_optimizer, steps_per_epoch, train
+from .training import (TrainConfig, TrainingState, check_targets, evaluate_network, make_optimizer, steps_per_epoch,
+                       train)
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         return np.asarray(times, dtype), np.asarray(currents, dtype)
 
     # --- scikit-learn API ------------------------------------------------------------
-    def fit(self, X, y, groups=None, *, checkpoint=None, resume=False):
+    def fit(self, X, y, groups=None, *, checkpoint=None, resume=False, soft_targets=None):
         """Fit the encoder and train the ``n_members`` networks, one after the other.
 
         Parameters
@@ -311,6 +312,12 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         resume : bool
             Continue from ``checkpoint`` if it exists: finished members are kept
             (or trained on, when ``epochs`` grew) and the interrupted one goes on.
+        soft_targets : array, shape (n_trials, n_classes), optional
+            A distribution over the classes (in the order of ``np.unique(y)``) per
+            trial, trained towards instead of the one-hot labels (knowledge
+            distillation: e.g. a teacher's probabilities mixed with the labels;
+            :func:`bci_qif.network.trial_loss`). ``y`` still defines the classes
+            and the training accuracy.
 
         Returns
         -------
@@ -323,6 +330,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"need trials of at least two classes, got only {self.classes_.tolist()}")
+        if soft_targets is not None:  # checked before any work
+            soft_targets = check_targets(soft_targets, len(y), len(self.classes_))
         hidden = tuple(int(h) for h in np.atleast_1d(self.hidden_layer_sizes))
         n_members = self._n_members()
         neuron = self._neuron_model()
@@ -360,7 +369,8 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
             state = train(params, times, currents[train_idx], y_index[train_idx], neuron, self.T_,
                           self._train_config(seed), validation=validation,
                           state=states[member] if member < len(states) else None, on_epoch_end=on_epoch_end,
-                          progress=self.verbose)
+                          progress=self.verbose,
+                          targets=None if soft_targets is None else soft_targets[train_idx])
             states[member:member + 1] = [state]
             self.budget_ = state.budget
         self.members_ = [state.best_params for state in states]

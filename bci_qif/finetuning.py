@@ -163,7 +163,7 @@ class FineTunedQIF(ClassifierMixin, BaseEstimator):
         return self.model_.history_
 
 
-def pretrained_model(base, data, y, groups, cache=True):
+def pretrained_model(base, data, y, groups, cache=True, soft_targets=None):
     """``base`` fitted on these trials, from the bci_qif cache when it was fitted before.
 
     Parameters
@@ -178,14 +178,17 @@ def pretrained_model(base, data, y, groups, cache=True):
         hash of the trials and of ``base``'s settings. Processes that ask for the
         same model at once wait for the first one to fit it instead of fitting it
         again. An unreadable entry is logged and fitted again.
+    soft_targets : array, shape (n_trials, n_classes), optional
+        Class distributions to train towards instead of the labels
+        (:meth:`QIFClassifier.fit`); part of the cache key.
 
     Returns
     -------
     QIFClassifier
     """
     if not cache:
-        return base.fit(data, y, groups=groups)
-    path = default_cache_dir() / "pretrained" / f"{_fingerprint(base, data, y, groups)}.npz"
+        return base.fit(data, y, groups=groups, soft_targets=soft_targets)
+    path = default_cache_dir() / "pretrained" / f"{_fingerprint(base, data, y, groups, soft_targets)}.npz"
     with _exclusive(path):
         if path.is_file():
             try:
@@ -194,7 +197,7 @@ def pretrained_model(base, data, y, groups, cache=True):
                 return model
             except (OSError, ValueError, KeyError) as err:
                 logger.warning("ignoring an unreadable cached model %s (%s); pretraining again", path, err)
-        model = base.fit(data, y, groups=groups)
+        model = base.fit(data, y, groups=groups, soft_targets=soft_targets)
         try:
             model.save(path)  # atomic: a reader without the lock never sees half a file
         except OSError as err:
@@ -236,10 +239,12 @@ def _exclusive(path):
 _ADDED_SETTINGS = {"optimizer": "adam", "late_penalty": 0.0}
 
 
-def _fingerprint(base, data, y, groups):
+def _fingerprint(base, data, y, groups, soft_targets=None):
     """Hash of the trials and settings a pretrained model depends on."""
     digest = hashlib.sha256()
-    for array in (data, y, groups):
+    # Soft targets join the key only when given, so that models trained on labels keep theirs.
+    arrays = (data, y, groups) if soft_targets is None else (data, y, groups, np.asarray(soft_targets, float))
+    for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes() if array.dtype != object else json.dumps(array.tolist()).encode())

@@ -566,13 +566,23 @@ def trial_loss(first_spike_times, label, T, *, gamma=0.01, readout_tau=1.0, late
     leaves the trials whose outputs fire early alone. (A first version
     pulled the earliest output alone, ``min_k t_k``: it cost 5-7 points of accuracy;
     docs/benchmarks.md, thirteenth session.)
+
+    ``label`` is the class index, or a distribution over the classes (soft targets,
+    e.g. a teacher's probabilities mixed with the one-hot label): the loss is then the
+    expectation of the class-index loss under it (cross-entropy against the
+    distribution, ``gamma`` term weighted alike), so a one-hot distribution gives
+    exactly the class-index loss.
     """
     logits = -first_spike_times / readout_tau
-    ce = jax.nn.logsumexp(logits) - logits[label]
+    earliness = jnp.expm1(first_spike_times / T)
+    if jnp.ndim(label) == 0:
+        ce, pull = jax.nn.logsumexp(logits) - logits[label], earliness[label]
+    else:  # soft targets: the expectation over classes
+        ce, pull = jax.nn.logsumexp(logits) - jnp.dot(label, logits), jnp.dot(label, earliness)
     n_outputs = first_spike_times.shape[-1]
     soft_earliest = -T * (jax.nn.logsumexp(-first_spike_times / T) - jnp.log(n_outputs))
     lateness = jax.nn.relu(soft_earliest / T - LATE_DEADLINE)
-    return ce + gamma * jnp.expm1(first_spike_times[label] / T) + late_penalty * lateness
+    return ce + gamma * pull + late_penalty * lateness
 
 
 # ---------------------------------------------------------------------------------
@@ -746,7 +756,7 @@ def loss(params, times, currents, label, neuron="qif", *, T, gamma=0.01, readout
     params : list of dict
     times : (n_events,) array
     currents : (n_events, n_inputs) array
-    label : int
+    label : int, or (n_outputs,) array of class probabilities (see :func:`trial_loss`)
     neuron : str or NeuronModel
     T : float
         Trial length (keyword).

@@ -29,7 +29,8 @@ from .neurons import get_neuron
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainingState", "make_optimizer", "steps_per_epoch", "train", "evaluate_network"]
+__all__ = ["TrainConfig", "TrainingState", "make_optimizer", "steps_per_epoch", "train", "evaluate_network",
+           "check_targets"]
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -303,13 +304,27 @@ def evaluate_network(params, times, currents, labels, neuron, T, *, batch_size=6
     return metrics, budget
 
 
+def check_targets(targets, n_trials, n_classes):
+    """``targets`` as a float array of ``n_trials`` class distributions, or a ValueError saying what is wrong."""
+    targets = np.asarray(targets, dtype=float)
+    if targets.shape != (n_trials, n_classes):
+        raise ValueError(f"soft targets must have shape ({n_trials}, {n_classes}), got {targets.shape}")
+    if not np.all(np.isfinite(targets)) or np.any(targets < 0):
+        raise ValueError("soft targets must be finite and non-negative")
+    sums = targets.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        worst = int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(f"soft targets must sum to 1 per trial; trial {worst} sums to {sums[worst]:.6g}")
+    return targets.astype(np.float32)
+
+
 @jax.jit
 def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def train(params, times, currents, labels, neuron, T, config=None, *, validation=None, state=None,
-          on_epoch_end=None, progress=True):
+          on_epoch_end=None, progress=True, targets=None):
     """Train network parameters by exact gradient descent.
 
     Parameters
@@ -333,6 +348,11 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
         Called with the :class:`TrainingState` after every epoch (checkpointing).
     progress : bool
         Show a tqdm progress bar.
+    targets : (n_trials, n_outputs) array, optional
+        Soft targets: a distribution over the classes per trial, which the loss
+        uses instead of ``labels`` (:func:`bci_qif.network.trial_loss`; e.g. a
+        teacher's probabilities mixed with the one-hot labels). ``labels`` still
+        score the training accuracy.
 
     Returns
     -------
@@ -351,6 +371,8 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
     optimizer = make_optimizer(config, steps_per_epoch(n, batch_size))
     if state is None:
         state = TrainingState(params=params, opt_state=optimizer.init(params), best_params=params)
+    n_classes = network.layer_sizes_of(state.params)[-1]
+    loss_targets = labels if targets is None else check_targets(targets, n, n_classes)
 
     @jax.jit
     def apply_update(params, opt_state, grads):
@@ -374,7 +396,7 @@ def train(params, times, currents, labels, neuron, T, config=None, *, validation
             try:
                 batch_currents = _noisy(currents[idx], config.input_noise, (config.seed, epoch, b))
                 ((loss, result), grads), state.budget = network.batch_loss(
-                    state.params, _event_times(times, idx), batch_currents, labels[idx], neuron, T=T,
+                    state.params, _event_times(times, idx), batch_currents, loss_targets[idx], neuron, T=T,
                     gamma=config.gamma, readout_tau=config.readout_tau, late_penalty=config.late_penalty,
                     budget=state.budget, grad=True,
                 )

@@ -19,7 +19,14 @@ fold, variants adapt it to the subject with the training fold only:
   default, 20) is fine-tuned on all of them. Peak learning rate 3e-3.
 
 ``--pretrain`` changes the pretrained decoder's settings (``PRETRAIN`` below; the
-variant names then carry it as a prefix, e.g. ``h32/ft_3e-3_20``). Pretrained models
+variant names then carry it as a prefix, e.g. ``h32/ft_3e-3_20``). A ``distill``
+entry there pretrains on soft targets (knowledge distillation): ``(1 - w)`` times
+the one-hot label plus ``w`` times the probabilities of a linear teacher (the
+trial's two halves, each re-centred per subject and mapped to the tangent space at
+the identity, into a logistic regression: ``ts_lr_halves_recentered``'s recipe)
+that never saw the trial's subject: for each subject of the pretraining pool, a
+teacher fitted on the pool's other subjects (cross-fitting; the tested subject is
+never in the pool). Fine-tuning still uses the labels. Pretrained models
 come from the bci_qif cache (``bci_qif.finetuning.pretrained_model``) when an
 earlier run, or ``app.py evaluate --pipelines qif_finetuned``, fitted them.
 
@@ -133,6 +140,13 @@ PRETRAIN = {
     # the one-network rows without them; eleventh session) instead of 0.5.
     "seg2_common_noise1_late2_rt0.25": dict(n_segments=2, scale="common", input_noise=1.0, late_penalty=2.0,
                                             readout_tau=0.25),
+    # Distillation from the linear teacher that the spiking decoder trails on pooled trials (0.767 vs 0.729,
+    # docs/evaluate_within-subject-pooled): half label, half the teacher's cross-fitted probabilities.
+    "late_distill0.5": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25,
+                            distill=0.5),
+    # The teacher's probabilities alone (the labels only through the teacher).
+    "late_distill1": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25,
+                          distill=1.0),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
     "lif": _model_changes("lif"),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
@@ -148,6 +162,41 @@ PRETRAIN = {
                                learning_rate=1.0, weight_scale=0.1),
     "seg2_common_sgd": dict(n_segments=2, scale="common", optimizer="sgd", learning_rate=1.0),
 }
+
+
+def teacher_features(X, groups):
+    """Per trial: the two halves' OAS covariances, each re-centred by its subject's own mean and
+    mapped to the tangent space at the identity (each subject's mean after re-centring), concatenated.
+
+    Every step uses one trial, or one subject's unlabelled trials, so features of different
+    subjects never mix and can be computed once for all of them.
+    """
+    from pyriemann.estimation import Covariances
+    from pyriemann.geometry.tangentspace import tangent_space
+
+    from bci_qif.baselines import SubjectRecentering
+
+    half = X.shape[-1] // 2
+    parts = []
+    for segment in (X[..., :half], X[..., half:2 * half]):
+        covariances = SubjectRecentering().fit_transform(Covariances(estimator="oas").fit_transform(segment),
+                                                         groups=groups)
+        parts.append(tangent_space(covariances, np.eye(X.shape[1]), metric="riemann"))
+    return np.concatenate(parts, axis=1)
+
+
+def teacher_targets(features, y, groups, weight):
+    """Soft targets ``(1 - weight) * one_hot(y) + weight * p``, ``p`` from a logistic regression on
+    ``features`` fitted without the trial's subject (one fit per subject of ``groups``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes, y_index = np.unique(y, return_inverse=True)
+    probabilities = np.empty((len(y), len(classes)))
+    for subject in np.unique(groups):
+        own = groups == subject
+        teacher = LogisticRegression(max_iter=1000).fit(features[~own], y_index[~own])
+        probabilities[own] = teacher.predict_proba(features[own])
+    return (1 - weight) * np.eye(len(classes))[y_index] + weight * probabilities
 
 
 def _auto_epochs(pretrained, X, y, seed):
@@ -175,12 +224,19 @@ def _variant_name(pretrain, variant):
     return variant if pretrain == "default" else f"{pretrain}/{variant}"
 
 
-def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default", inner_splits=1):
-    """Pretrain on the other subjects, then score every variant on every fold of ``subject``."""
+def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, pretrain="default", inner_splits=1,
+                features=None):
+    """Pretrain on the other subjects, then score every variant on every fold of ``subject``.
+
+    ``features``: :func:`teacher_features` of all trials, for a ``distill`` pretraining.
+    """
     t0 = time.perf_counter()
     others = groups != subject
-    base = QIFClassifier(sfreq=sfreq, n_members=n_members, **PRETRAIN[pretrain])
-    pretrained = pretrained_model(base, X[others], y[others], groups[others])
+    settings = dict(PRETRAIN[pretrain])
+    weight = settings.pop("distill", None)
+    targets = None if weight is None else teacher_targets(features[others], y[others], groups[others], weight)
+    base = QIFClassifier(sfreq=sfreq, n_members=n_members, **settings)
+    pretrained = pretrained_model(base, X[others], y[others], groups[others], soft_targets=targets)
     pretrain_s = time.perf_counter() - t0
     rows = []
     for fold, train, test in folds:
@@ -250,12 +306,13 @@ def main(argv=None):
         if done & set(subjects):
             print(f"skipping subjects already in {args.out}: {sorted(done & set(subjects))}", flush=True)
         subjects = [subject for subject in subjects if subject not in done]
+    features = teacher_features(X, groups) if "distill" in PRETRAIN[args.pretrain] else None
     t0 = time.perf_counter()
     # Subjects come back as they finish and their rows are saved at once: an interrupted run keeps
     # every finished subject (and the pretrained cache keeps every finished pretraining).
     finished = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(
         delayed(run_subject)(subject, X, y, groups, trials.sfreq, by_subject[subject], variants, args.seed,
-                             args.n_members, args.pretrain, args.inner_splits)
+                             args.n_members, args.pretrain, args.inner_splits, features)
         for subject in subjects)
     frames = []
     for rows in finished:

@@ -29,6 +29,9 @@ def test_lif_config_differs_from_default_only_in_the_neuron_and_a_gentler_drive(
         assert lif["model"][key] < default["model"][key]
         lif["model"][key] = default["model"][key]
     lif["model"]["neuron"] = "qif"
+    # The pooled pipeline's pretraining settings were chosen for QIF only; LIF pretrains with its model.
+    assert "pretrained_model" not in lif["fine_tuning"]
+    del default["fine_tuning"]["pretrained_model"]
     assert lif == default
 
 
@@ -44,16 +47,17 @@ def test_finetuned_halves_config_differs_from_default_only_in_the_encoding_noise
         halves["model"][key] = default["model"][key]
     for key in ("protocol", "pipelines"):
         halves["evaluation"][key] = default["evaluation"][key]
+    del default["fine_tuning"]["pretrained_model"]
     assert halves == default
 
 
-def test_finetuned_late_config_differs_from_finetuned_halves_only_in_the_late_penalty_and_readout():
-    halves, late = (yaml.safe_load((CONFIGS / f"{n}.yaml").read_text()) for n in ("finetuned_halves", "finetuned_late"))
-    load_config(CONFIGS / "finetuned_late.yaml")
-    assert (late["model"]["late_penalty"], late["model"]["readout_tau"]) == (2.0, 0.25)
-    for key in ("late_penalty", "readout_tau"):
-        late["model"][key] = halves["model"][key]
-    assert late == halves
+def test_default_pretrains_the_pooled_decoder_as_finetuned_halves_plus_the_late_penalty_and_readout():
+    # qif_finetuned's networks: the two-halves decoder with the late penalty and a sharper readout
+    # (docs/benchmarks.md, fifteenth and sixteenth sessions); the own-trials decoder keeps `model`.
+    default, halves = (load_config(CONFIGS / f"{n}.yaml") for n in ("default", "finetuned_halves"))
+    pretrained = dict(default["model"], **default["fine_tuning"]["pretrained_model"])
+    assert pretrained == dict(halves["model"], late_penalty=2.0, readout_tau=0.25)
+    assert (default["model"]["n_segments"], default["model"]["late_penalty"]) == (1, 0.0)
 
 
 def test_model_section_builds_an_estimator():
@@ -139,6 +143,9 @@ def test_unknown_section_is_named():
     ({"fine_tuning": {"epochs": -1}}, "fine_tuning.epochs"),
     ({"fine_tuning": {"epochs": 2.5}}, "fine_tuning.epochs"),
     ({"fine_tuning": {"learning_rate": 0}}, "fine_tuning.learning_rate"),
+    ({"fine_tuning": {"pretrained_model": {"late_penalty": -1}}}, "fine_tuning.pretrained_model.late_penalty"),
+    ({"fine_tuning": {"pretrained_model": {"hiden_layer_sizes": [8]}}}, "hiden_layer_sizes"),
+    ({"fine_tuning": {"pretrained_model": [1, 2]}}, "fine_tuning.pretrained_model"),
 ])
 def test_bad_values_are_named(config, match):
     with pytest.raises(ConfigError, match=match):

@@ -232,6 +232,15 @@ def test_wrong_shapes_are_errors(trials):
         clf.fit(trials.data, trials.labels[:-1])
 
 
+def test_one_hot_soft_targets_fit_the_same_networks_and_bad_ones_fail_before_training(fitted, trials, epochs):
+    labels = np.asarray(trials.labels)
+    same = QIFClassifier(**SMALL).fit(epochs, labels, soft_targets=np.eye(2)[labels])
+    for a, b in zip(jax.tree_util.tree_leaves(fitted.members_), jax.tree_util.tree_leaves(same.members_)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"shape \(45, 2\)"):
+        QIFClassifier(**SMALL).fit(epochs, labels, soft_targets=np.eye(2)[labels][:-1])
+
+
 def test_single_class_is_an_error(trials):
     left = trials.labels == 0
     with pytest.raises(ValueError, match="two classes"):

@@ -101,6 +101,23 @@ def test_models_cached_before_a_setting_existed_keep_their_key(trials):
     for changed in (dict(optimizer="sgd"), dict(late_penalty=1.0)):
         other = QIFClassifier(**SMALL, sfreq=trials.sfreq, **changed)
         assert _fingerprint(other, X, y, groups) != _fingerprint(default, X, y, groups)
+    # Soft targets (distillation) are part of the key only when given.
+    soft = 0.5 * np.eye(2)[np.unique(y, return_inverse=True)[1]] + 0.25
+    assert _fingerprint(default, X, y, groups, None) == _fingerprint(default, X, y, groups)
+    assert _fingerprint(default, X, y, groups, soft) != _fingerprint(default, X, y, groups)
+    assert _fingerprint(default, X, y, groups, soft) != _fingerprint(default, X, y, groups, 0.5 + 0 * soft)
+
+
+def test_the_pretrained_model_setting_applies_to_the_pretrained_networks_only(trials):
+    # The configuration's fine_tuning.pretrained_model overrides `model` for qif_finetuned's pretraining;
+    # the own-trials decoder (pipeline qif) keeps `model`.
+    config = validate_config({"model": dict(SMALL), "fine_tuning": {"pretrained_model": {
+        "late_penalty": 2.0, "hidden_layer_sizes": [4], "n_segments": 2}}})
+    pipelines = cli._pipelines(["qif", "qif_finetuned"], config, trials.sfreq)
+    own, pooled = pipelines["qif"]().get_params(), pipelines["qif_finetuned"]().estimator.get_params()
+    assert {key for key in own if own[key] != pooled[key]} == {"late_penalty", "hidden_layer_sizes", "n_segments"}
+    assert (own["late_penalty"], own["hidden_layer_sizes"], own["n_segments"]) == (0.0, (16,), 1)
+    assert (pooled["late_penalty"], pooled["hidden_layer_sizes"], pooled["n_segments"]) == (2.0, (4,), 2)
 
 
 def test_an_unreadable_cached_model_is_pretrained_again(trials, cache, caplog):

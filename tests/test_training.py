@@ -269,3 +269,64 @@ def test_an_update_that_overflows_the_event_budget_is_undone(monkeypatch):
     for a, b in zip(jax.tree_util.tree_leaves(seen[3]), jax.tree_util.tree_leaves(seen[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert all(np.isfinite(row["loss"]) for row in state.history)
+
+
+def test_soft_targets_are_the_expectation_of_the_class_losses():
+    # trial_loss is linear in the target distribution: a one-hot distribution is exactly the class
+    # index, a mixture the same mixture of the two class losses (late penalty included: it ignores
+    # the target). The same holds for the exact gradients of the batch loss w.r.t. the weights.
+    T = 6.0
+    t = jnp.asarray([4.2, 6.9])
+    for label in (0, 1):
+        np.testing.assert_allclose(network.trial_loss(t, jnp.eye(2)[label], T, late_penalty=2.0),
+                                   network.trial_loss(t, label, T, late_penalty=2.0), rtol=1e-6)
+    q = jnp.asarray([0.3, 0.7])
+    mixed = 0.3 * network.trial_loss(t, 0, T, gamma=0.5) + 0.7 * network.trial_loss(t, 1, T, gamma=0.5)
+    np.testing.assert_allclose(network.trial_loss(t, q, T, gamma=0.5), mixed, rtol=1e-6)
+
+    rng = np.random.default_rng(4)
+    currents = (1.5 * rng.normal(size=(8, 3, 4))).astype(np.float32)
+    times, params = np.arange(3, dtype=np.float32), network.init(jax.random.PRNGKey(0), (4, 6, 2))
+
+    def value_and_grads(labels):
+        ((value, _), grads), _ = network.batch_loss(params, times, currents, labels, "qif", T=3.0, grad=True)
+        return float(value), grads
+
+    soft_value, soft_grads = value_and_grads(np.tile(np.asarray(q), (8, 1)))
+    (v0, g0), (v1, g1) = value_and_grads(np.zeros(8, int)), value_and_grads(np.ones(8, int))
+    assert soft_value == pytest.approx(0.3 * v0 + 0.7 * v1, rel=1e-5)
+    for soft, a, b in zip(jax.tree_util.tree_leaves(soft_grads), jax.tree_util.tree_leaves(g0),
+                          jax.tree_util.tree_leaves(g1)):
+        np.testing.assert_allclose(soft, 0.3 * np.asarray(a) + 0.7 * np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_one_hot_soft_targets_train_exactly_as_the_labels():
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 1] * 8)
+    currents = (rng.normal(size=(16, 3, 4)) + np.where(labels == 0, 1.0, -1.0)[:, None, None]).astype(np.float32)
+    times, params = np.arange(3, dtype=np.float32), network.init(jax.random.PRNGKey(0), (4, 6, 2))
+    config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2)
+    by_labels = train(params, times, currents, labels, "qif", 3.0, config, progress=False)
+    by_targets = train(params, times, currents, labels, "qif", 3.0, config, progress=False,
+                       targets=np.eye(2)[labels])
+    for a, b in zip(jax.tree_util.tree_leaves(by_labels.params), jax.tree_util.tree_leaves(by_targets.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert [row["acc"] for row in by_labels.history] == [row["acc"] for row in by_targets.history]
+    # Targets that soften every label toward the other class train toward smaller margins.
+    softened = train(params, times, currents, labels, "qif", 3.0, config, progress=False,
+                     targets=0.6 * np.eye(2)[labels] + 0.2)
+    assert softened.history[-1]["loss"] != by_labels.history[-1]["loss"]
+
+
+@pytest.mark.parametrize("targets, match", [
+    (np.full((16, 3), 1 / 3), "shape"),
+    (np.full((15, 2), 0.5), "shape"),
+    (np.tile([1.2, -0.2], (16, 1)), "non-negative"),
+    (np.tile([np.nan, 1.0], (16, 1)), "finite"),
+    (np.tile([0.5, 0.6], (16, 1)), "sum to 1"),
+])
+def test_bad_soft_targets_are_named(targets, match):
+    times, params = np.arange(3, dtype=np.float32), network.init(jax.random.PRNGKey(0), (4, 6, 2))
+    currents, labels = np.zeros((16, 3, 4), np.float32), np.array([0, 1] * 8)
+    with pytest.raises(ValueError, match=match):
+        train(params, times, currents, labels, "qif", 3.0, TrainConfig(epochs=1), progress=False, targets=targets)
