@@ -233,6 +233,13 @@ def _histories_frame(histories) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _spans_decades(values, decades=2) -> bool:
+    """Whether positive ``values`` span more than ``decades`` powers of ten (a log axis reads them better)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return values.size > 0 and values.min() > 0 and values.max() / values.min() > 10.0 ** decades
+
+
 def _plot_histories(histories: pd.DataFrame, path: Path) -> None:
     columns = [c for c in _CURVE_COLUMNS if c in histories.columns]
     if not columns:
@@ -251,6 +258,11 @@ def _plot_histories(histories: pd.DataFrame, path: Path) -> None:
             ax.plot(mean.index, mean.to_numpy(), color=colour, linewidth=2, label=name)
         ax.set_xlabel("epoch")
         ax.set_title(column)
+        # A few huge first-epoch losses (e.g. the late penalty on outputs that start silent) would flatten
+        # the rest of the curve to zero on a linear axis.
+        if column == "loss" and _spans_decades(histories[column]):
+            ax.set_yscale("log")
+            ax.set_title("loss (log scale)")
     axes[0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

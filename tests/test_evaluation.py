@@ -419,3 +419,12 @@ def test_a_fold_whose_network_runs_away_is_kept_as_a_failure():
     assert failed["notes"].str.contains("event budget").all() and (failed["failed"] == 1).all()
     assert results.loc[results["pipeline"] == "lda", "accuracy"].notna().all()
     assert results.loc[results["subject"] != 1, "accuracy"].notna().all()
+
+
+def test_loss_curves_spanning_decades_get_a_log_axis():
+    from bci_qif.report import _spans_decades
+
+    assert _spans_decades([17000.0, 12.0, 0.4, 0.05])  # the pooled pretraining's first epochs
+    assert not _spans_decades([0.9, 0.5, 0.3])
+    assert not _spans_decades([3.0, 0.0, -1.0])  # not all positive: a log axis would hide points
+    assert not _spans_decades([np.nan])
