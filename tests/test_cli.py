@@ -82,12 +82,13 @@ def test_trained_model_carries_what_a_decoder_needs(train_run):
 def test_pretrain_trains_the_decoder_that_qif_finetuned_pretrains(data_root, tmp_path):
     # The configuration's fine_tuning.pretrained_model changes the model for the decoder that new users
     # fine-tune; without --pretrain, train keeps the model section.
-    config = dict(SMALL_CONFIG, fine_tuning={"pretrained_model": {"hidden_layer_sizes": [4], "n_members": 1}})
+    # (Settings that keep the compiled simulator of the other tests: a seed and the ensemble size.)
+    config = dict(SMALL_CONFIG, fine_tuning={"pretrained_model": {"random_state": 7, "n_members": 1}})
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli.main(_train_args(path, tmp_path / "run", data_root, "--pretrain")) == 0
     model = QIFClassifier.load(tmp_path / "run" / "model.npz")
-    assert (model.hidden_layer_sizes, model.n_members, len(model.members_)) == ((4,), 1, 1)
+    assert (model.random_state, model.n_members, len(model.members_)) == (7, 1, 1)
     assert model.readout_tau == SMALL_CONFIG["model"]["readout_tau"]  # the rest from `model`
 
 
