@@ -114,6 +114,14 @@ def _check_values(section, values):
             fail(key, "a positive integer or null (all tangent-space features)")
 
 
+def _check_model_settings(section, values):
+    """Check QIFClassifier settings (keys and values) in place; YAML's lists of layer sizes become tuples."""
+    _check_keys(section, values, _model_keys())
+    _check_values(section, values)
+    if isinstance(values.get("hidden_layer_sizes"), list):
+        values["hidden_layer_sizes"] = tuple(values["hidden_layer_sizes"])
+
+
 def validate_config(config):
     """Check a configuration dict and fill in defaults.
 
@@ -151,10 +159,7 @@ def validate_config(config):
                           f"got {subjects!r}")
 
     PreprocessingConfig.from_dict(full["preprocessing"])  # raises ConfigError on bad keys/values
-    _check_keys("model", full["model"], _model_keys())
-    _check_values("model", full["model"])
-    if isinstance(full["model"].get("hidden_layer_sizes"), list):
-        full["model"]["hidden_layer_sizes"] = tuple(full["model"]["hidden_layer_sizes"])
+    _check_model_settings("model", full["model"])
     _check_keys("training", full["training"], {"validation_fraction", "patience"})
     _check_values("training", full["training"])
     _check_keys("fine_tuning", full["fine_tuning"], DEFAULTS["fine_tuning"])
@@ -170,10 +175,7 @@ def validate_config(config):
         overrides = fine_tuning["pretrained_model"] = {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"fine_tuning.pretrained_model must be a mapping of model keys, got {overrides!r}")
-    _check_keys("fine_tuning.pretrained_model", overrides, _model_keys())
-    _check_values("fine_tuning.pretrained_model", overrides)
-    if isinstance(overrides.get("hidden_layer_sizes"), list):
-        overrides["hidden_layer_sizes"] = tuple(overrides["hidden_layer_sizes"])
+    _check_model_settings("fine_tuning.pretrained_model", overrides)
     _check_keys("evaluation", full["evaluation"], DEFAULTS["evaluation"])
     evaluation = full["evaluation"]
     if evaluation["protocol"] not in PROTOCOLS:

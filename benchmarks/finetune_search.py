@@ -96,6 +96,10 @@ def _model_changes(config_name):
 
 
 # name -> settings of the pretrained QIFClassifier that differ from the shipped default.
+# The late-penalty decoder (two halves, common scale, noise 0.5, late penalty 2, readout_tau 0.25), which
+# configs/default.yaml ships as fine_tuning.pretrained_model; later screens vary it.
+LATE = dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25)
+
 PRETRAIN = {
     "default": {},
     "h8": dict(hidden_layer_sizes=(8,)),
@@ -132,24 +136,20 @@ PRETRAIN = {
     # (readout_tau 0.5 instead of 1) asks for the same margins without larger weights.
     "seg2_common_noise0.5_late2_rt0.5": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0,
                                              readout_tau=0.5),
-    "seg2_common_noise0.5_late2_rt0.25": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0,
-                                              readout_tau=0.25),
+    "seg2_common_noise0.5_late2_rt0.25": LATE,
     # The sharper readout without the late penalty: which of the two does the work?
     "seg2_common_noise0.5_rt0.25": dict(n_segments=2, scale="common", input_noise=0.5, readout_tau=0.25),
     # The outputs kept firing by the late penalty and the sharper readout, at noise 1 (the best outer score of
     # the one-network rows without them; eleventh session) instead of 0.5.
-    "seg2_common_noise1_late2_rt0.25": dict(n_segments=2, scale="common", input_noise=1.0, late_penalty=2.0,
-                                            readout_tau=0.25),
+    "seg2_common_noise1_late2_rt0.25": dict(LATE, input_noise=1.0),
     # Distillation from the linear teacher that the spiking decoder trails on pooled trials (0.767 vs 0.729,
     # docs/evaluate_within-subject-pooled): half label, half the teacher's cross-fitted probabilities.
-    "late_distill0.5": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25,
-                            distill=0.5),
+    "late_distill0.5": dict(LATE, distill=0.5),
     # The teacher's probabilities alone (the labels only through the teacher).
-    "late_distill1": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25,
-                          distill=1.0),
+    "late_distill1": dict(LATE, distill=1.0),
     # The shipped pretraining reaches training accuracy 1.0 on the pooled trials by epoch ~10 of 30
     # (docs/evaluate_within-subject-pooled/training_curves.png): half the epochs.
-    "late_ep15": dict(n_segments=2, scale="common", input_noise=0.5, late_penalty=2.0, readout_tau=0.25, epochs=15),
+    "late_ep15": dict(LATE, epochs=15),
     # LIF through the same protocol, with configs/lif.yaml's settings (learning rate 1e-3, weight scale 0.5).
     "lif": _model_changes("lif"),
     # No hidden layer: with constant input currents the two output neurons' first spikes compare two
