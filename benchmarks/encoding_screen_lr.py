@@ -20,7 +20,11 @@ Encodings (``--encodings``, comma-separated):
 * ``pool_w5`` / ``pool_w20``: the same with the subject's own trials weighted 5 or 20 times (the
   linear counterpart of fine-tuning a decoder pretrained on the others on the user's trials);
 * ``pool_zero``: the other subjects' trials only; the subject's own training trials give only its
-  re-centring mean (the linear counterpart of a pretrained decoder used zero-shot);
+  re-centring mean (the linear counterpart of a pretrained decoder used zero-shot); ``pool_halves_zero``
+  the same on the trial's halves (below);
+* ``pool_halves_offspan``: the subject's own training trials only, on the halves (below), each vector
+  first stripped of its part inside the span of the other subjects' vectors: how much class information
+  the user's trials hold where the other subjects' trials give none (what joining the pool can add);
 * ``pool_stretch``: ``pool``, each subject's re-centred tangent vectors also scaled to a common
   dispersion (the stretch of Riemannian Procrustes analysis; the test subject's scale from its
   training trials);
@@ -165,9 +169,15 @@ def _score_pooled(name, enc, y, subjects, train, test, C=1.0):
                                    + [a * np.sqrt(common / own_dispersion)]))
         test_parts.append(b * np.sqrt(common / own_dispersion))
     labels = np.concatenate([y[subjects == s] for s in other_ids] + [y[train]])
-    own_weight = {"pool_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
+    own_weight = {"_zero": 0.0, "_w5": 5.0, "_w20": 20.0}.get(name[name.rfind("_"):], 1.0)
     weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
     fit_features, test_features = np.hstack(fit_parts), np.hstack(test_parts)
+    if name.endswith("_offspan"):
+        others_features = fit_features[:-len(train)]
+        _, singular, axes = np.linalg.svd(others_features - others_features.mean(axis=0), full_matrices=False)
+        span = axes[singular > singular[0] * 1e-6]
+        fit_features, test_features = (v - (v @ span.T) @ span for v in (fit_features[-len(train):], test_features))
+        labels, weights = y[train], None
     if name.endswith("_std"):  # standardized on the training side, as the spiking decoder's encoder does
         scaler = StandardScaler().fit(fit_features)
         fit_features, test_features = scaler.transform(fit_features), scaler.transform(test_features)
@@ -204,7 +214,7 @@ def run_split(name, enc, y, subjects, split, seed, C=1.0):
 
 
 NAMES = ("all", "all_std", "motor", "motor_std", "fb", "fb_motor", "crops", "crops_motor", "pool", "pool_motor",
-         "pool_zero", "pool_w5", "pool_w20", "pool_stretch", "pool_fb",
+         "pool_zero", "pool_halves_zero", "pool_halves_offspan", "pool_w5", "pool_w20", "pool_stretch", "pool_fb",
          "pool_fb_stretch", "pool_halves", "pool_thirds", "halves", "thirds", "pool_std", "pool_halves_std")
 
 
