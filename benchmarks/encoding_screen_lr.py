@@ -144,6 +144,12 @@ def _aligned_vectors(covs, mean):
     return vectors, np.mean(np.sum(vectors**2, axis=1))
 
 
+def span_axes(vectors):
+    """Orthonormal principal axes (rows) of ``vectors`` about their mean: every axis of positive variance."""
+    _, singular, axes = np.linalg.svd(vectors - vectors.mean(axis=0), full_matrices=False)
+    return axes[singular > singular[0] * 1e-6]
+
+
 def _pooled_set(name):
     kind = next((k for k in ("fb", *SEGMENTS) if f"_{k}" in name), "full")
     return kind + ("_motor" if "motor" in name else "")
@@ -169,13 +175,11 @@ def _score_pooled(name, enc, y, subjects, train, test, C=1.0):
                                    + [a * np.sqrt(common / own_dispersion)]))
         test_parts.append(b * np.sqrt(common / own_dispersion))
     labels = np.concatenate([y[subjects == s] for s in other_ids] + [y[train]])
-    own_weight = {"_zero": 0.0, "_w5": 5.0, "_w20": 20.0}.get(name[name.rfind("_"):], 1.0)
+    own_weight = {"pool_zero": 0.0, "pool_halves_zero": 0.0, "pool_w5": 5.0, "pool_w20": 20.0}.get(name, 1.0)
     weights = np.concatenate([np.ones(len(labels) - len(train)), np.full(len(train), own_weight)])
     fit_features, test_features = np.hstack(fit_parts), np.hstack(test_parts)
     if name.endswith("_offspan"):
-        others_features = fit_features[:-len(train)]
-        _, singular, axes = np.linalg.svd(others_features - others_features.mean(axis=0), full_matrices=False)
-        span = axes[singular > singular[0] * 1e-6]
+        span = span_axes(fit_features[:-len(train)])
         fit_features, test_features = (v - (v @ span.T) @ span for v in (fit_features[-len(train):], test_features))
         labels, weights = y[train], None
     if name.endswith("_std"):  # standardized on the training side, as the spiking decoder's encoder does

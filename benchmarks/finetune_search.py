@@ -287,11 +287,12 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
     """
     t0 = time.perf_counter()
     others = groups != subject
+    pool = (X[others], y[others], groups[others])  # the pretraining trials (sliced once: ~180 MB)
     settings = dict(PRETRAIN[pretrain])
     weight = settings.pop("distill", None)
-    targets = None if weight is None else teacher_targets(features[others], y[others], groups[others], weight)
+    targets = None if weight is None else teacher_targets(features[others], *pool[1:], weight)
     base = QIFClassifier(sfreq=sfreq, n_members=n_members, **settings)
-    pretrained = pretrained_model(base, X[others], y[others], groups[others], soft_targets=targets)
+    pretrained = pretrained_model(base, *pool, soft_targets=targets)
     pretrain_s = time.perf_counter() - t0
     rows = []
     for fold, train, test in folds:
@@ -308,7 +309,7 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
                 if setting == "auto":
                     epochs = _auto_epochs(pretrained, X[fit_idx], y[fit_idx], seed + fold)
                     setting = (3e-3, epochs, False) if epochs else None
-                model = _adapted(pretrained, setting, X[fit_idx], y[fit_idx], (X[others], y[others], groups[others]))
+                model = _adapted(pretrained, setting, X[fit_idx], y[fit_idx], pool)
                 # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]

@@ -22,8 +22,10 @@ from bci_qif.datasets import available_subjects
 from bci_qif.encoding import TangentSpaceEncoder
 
 from decoder_search import load_motor_imagery
+from encoding_screen_lr import span_axes
 
 TOP_AXES = (16, 64, 256)
+ENCODER_KEYS = ("rate_hz", "n_components", "recenter", "n_segments", "scale")  # configuration -> encoder
 
 
 def span_shares(encoder, X_pool, groups_pool, X_subject):
@@ -32,8 +34,7 @@ def span_shares(encoder, X_pool, groups_pool, X_subject):
     strongest principal axes; and the span's dimension."""
     pool = encoder.transform(X_pool, groups=groups_pool)[:, :, 0].astype(np.float64)
     subject = encoder.transform(X_subject, groups=np.full(len(X_subject), -1))[:, :, 0].astype(np.float64)
-    _, singular, axes = np.linalg.svd(pool - pool.mean(axis=0), full_matrices=False)
-    axes = axes[singular > singular[0] * 1e-6]
+    axes = span_axes(pool)
     centred = subject - pool.mean(axis=0)
     total = np.sum(centred**2)
     return len(axes), [np.sum((centred @ axes[:k].T) ** 2) / total for k in (len(axes), *TOP_AXES)]
@@ -51,8 +52,7 @@ def main(argv=None):
     print(f"{'subject':>7s} {'rank':>5s} {'in span':>8s} " + " ".join(f"{'top ' + str(k):>8s}" for k in TOP_AXES))
     for subject in args.subjects or everyone:
         others = groups != subject
-        encoder = TangentSpaceEncoder(sfreq=trials.sfreq, rate_hz=pretrained["rate_hz"], recenter=True,
-                                      n_segments=pretrained["n_segments"], scale=pretrained["scale"])
+        encoder = TangentSpaceEncoder(sfreq=trials.sfreq, **{key: pretrained[key] for key in ENCODER_KEYS})
         encoder.fit(X[others], groups=groups[others])
         rank, shares = span_shares(encoder, X[others], groups[others], X[~others])
         print(f"{subject:7d} {rank:5d} " + " ".join(f"{share:8.3f}" for share in shares), flush=True)
