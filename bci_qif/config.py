@@ -63,6 +63,8 @@ def _check_keys(section, given, allowed):
 
 
 def _is_int(value):
+    # Plain Python ints only (not bci_qif.validation.is_integer, which takes NumPy's too): a configuration
+    # holds what YAML and JSON can write back (cache keys, saved settings).
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from .validation import is_integer
+
 __all__ = [
     "DEFAULT_TIME_SCALE",
     "to_input_events",
@@ -154,7 +156,7 @@ def spike_events(
     units = np.asarray(unit_ids).reshape(-1)
     if units.size == 0:
         units = units.astype(np.int64)  # an empty list arrives as float
-    if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
+    if not (is_integer(n_units) and n_units >= 1):
         raise ValueError(f"n_units must be a positive integer, got {n_units!r}.")
     if times.shape != units.shape:
         raise ValueError(

@@ -46,6 +46,7 @@ from .errors import (
 )
 from .preprocessing import PreprocessingConfig, _as_config, epoch_raw
 from .trials import TrialSet, concatenate_trials
+from .validation import is_integer
 
 __all__ = [
     "DATASETS",
@@ -412,13 +413,13 @@ def _check_rates(parts: list[tuple[float, str]]) -> None:
 
 # ------------------------------------------------------------------ EEGMMIDB
 def _check_subjects(subjects) -> list[int]:
-    if isinstance(subjects, (int, np.integer)) and not isinstance(subjects, bool):
+    if is_integer(subjects):
         subjects = [subjects]
     if isinstance(subjects, (str, bytes)) or not isinstance(subjects, Iterable):
         raise ConfigError(f"subjects must be an int or a list of ints, got {subjects!r}.")
     out = []
     for s in subjects:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+        if not is_integer(s):
             raise ConfigError(f"EEGMMIDB subject numbers must be integers, got {s!r}.")
         if int(s) not in EEGBCI_SUBJECTS:
             raise ConfigError(
@@ -780,7 +781,7 @@ def load_raw_trials(
         )
     key_kinds = {isinstance(k, str) for k in event_map}
     if len(key_kinds) != 1 or not all(
-        isinstance(k, str) or (isinstance(k, (int, np.integer)) and not isinstance(k, bool))
+        isinstance(k, str) or is_integer(k)
         for k in event_map
     ):
         raise ConfigError(
@@ -977,11 +978,7 @@ def _place_trials(mat: dict, path: Path, bin_s, window_s, n_position_bins) -> Tr
     t = np.asarray(mat["t"], dtype=np.float64).ravel()
     if pos.size != t.size or pos.size == 0:
         raise DataError(f"{path}: 'X' and 't' must have the same length, got {pos.size}, {t.size}.")
-    if (
-        isinstance(n_position_bins, bool)
-        or not isinstance(n_position_bins, (int, np.integer))
-        or n_position_bins < 2
-    ):
+    if not (is_integer(n_position_bins) and n_position_bins >= 2):
         raise ConfigError(f"n_position_bins must be an integer >= 2, got {n_position_bins!r}.")
     window_s = _check_bin(window_s)
     n_bins = _n_bins(0.0, window_s, bin_s)

@@ -35,6 +35,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .validation import is_integer
+
 __all__ = ["CSPPowerEncoder", "SignalEncoder", "TangentSpaceEncoder", "make_encoder", "segment_bounds", "ENCODERS"]
 
 
@@ -264,7 +266,7 @@ class TangentSpaceEncoder(TransformerMixin, BaseEstimator):
         from pyriemann.estimation import Covariances
 
         n_segments = self.n_segments
-        if not (isinstance(n_segments, (int, np.integer)) and n_segments >= 1):
+        if not (is_integer(n_segments) and n_segments >= 1):
             raise ValueError(f"n_segments must be a positive integer, got {n_segments!r}")
         # Each part needs two samples for a covariance at all (OAS shrinkage copes with
         # fewer samples than channels).

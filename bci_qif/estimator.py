@@ -30,6 +30,7 @@ from .encoding import make_encoder
 from .neurons import get_neuron
 from .training import (TrainConfig, TrainingState, check_targets, evaluate_network, make_optimizer, steps_per_epoch,
                        train)
+from .validation import is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -533,7 +534,7 @@ class QIFClassifier(ClassifierMixin, BaseEstimator):
         if len(y) != len(data) or unknown:
             raise ValueError(f"y must hold one label per trial ({len(data)}) among {self.classes_.tolist()}, "
                              f"got {len(y)} labels{f', unknown {unknown}' if unknown else ''}")
-        if not (isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool) and epochs >= 0):
+        if not (is_integer(epochs) and epochs >= 0):
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         self._aligning_encoder("fine_tune").adopt_reference(data)
         if epochs == 0:

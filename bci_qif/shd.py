@@ -51,6 +51,7 @@ import numpy as np
 
 from .currents import to_input_events
 from .errors import ConfigError, CorruptFileError, DataError, DataNotFoundError
+from .validation import is_integer
 
 __all__ = ["N_UNITS", "ShdData", "load_shd", "unit_groups", "binned_counts", "to_events"]
 
@@ -111,7 +112,7 @@ class ShdData:
 def _check_max_samples(max_samples) -> int | None:
     if max_samples is None:
         return None
-    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
+    if not (is_integer(max_samples) and max_samples >= 1):
         raise ConfigError(f"max_samples must be a positive integer or None, got {max_samples!r}.")
     return int(max_samples)
 
@@ -283,7 +284,7 @@ def unit_groups(n_units: int, n_channels: int) -> np.ndarray:
     ndarray of int64, shape (n_units,)
         Non-decreasing channel indices ``0..n_channels-1``.
     """
-    if isinstance(n_channels, bool) or not isinstance(n_channels, (int, np.integer)) or not 1 <= n_channels <= n_units:
+    if not (is_integer(n_channels) and 1 <= n_channels <= n_units):
         raise ConfigError(f"n_channels must be an integer in 1..{n_units}, got {n_channels!r}.")
     return np.arange(n_units, dtype=np.int64) * int(n_channels) // n_units
 

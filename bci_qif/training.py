@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import network
 from .neurons import get_neuron
+from .validation import is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not (is_integer(value) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")

@@ -51,6 +51,7 @@ import math
 import numpy as np
 
 from .errors import ConfigError
+from .validation import is_integer
 
 __all__ = [
     "CLASS_NAMES",
@@ -90,7 +91,7 @@ def _check_number(name: str, value, *, allow_zero: bool = False) -> float:
 
 def _check_count(name: str, value) -> int:
     """A non-negative int (bools refused: ``True`` samples is a bug, not 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not (is_integer(value) and value >= 0):
         raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
     return int(value)
 
@@ -187,7 +188,7 @@ def make_yinyang(
     """
     n_samples = _check_count("n_samples", n_samples)
     r_small, r_big = _check_radii(r_small, r_big)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_integer(seed):
         raise ConfigError(f"seed must be an integer, got {seed!r}.")
     rng = np.random.default_rng(seed)
     wanted = [n_samples // 3 + (c < n_samples % 3) for c in range(3)]

@@ -15,6 +15,10 @@ Run, for example::
     python benchmarks/decoder_search.py --protocol within-subject --variants ts_h16,ts_h16_pca32 --n-jobs 2
 
 and read the printed table; ``--out`` keeps one CSV row per (variant, subject, fold).
+``--inner-splits K`` repeats the inner validation K times per outer fold (seeds
+``seed + fold + 1000 k``; k = 0 is the single split of earlier runs), so that the
+inner score that decides averages out the luck of one draw; rows then carry
+``inner_split`` (-1 for the outer and window rows).
 """
 
 from __future__ import annotations
@@ -99,6 +103,17 @@ VARIANTS = {
     # axes, ~60 each, so the signal shrinks ~7.7 times against the same noise. Noise 0.25 keeps the
     # default's signal-to-noise ratio.
     "ts_h16_rc_noise0.25_pcafull": dict(TS_BASE, recenter=True, input_noise=0.25, n_components=2080),
+    # Batches hold exactly batch_size (32) trials, the last one filled by wrapping around, so the inner
+    # splits' 27 training trials make one step per epoch and the outer folds' 36 two: the outer fits take
+    # twice the steps the inner scores chose (30 -> 60). Twice the epochs on the inner splits (as many
+    # steps as the outer fits take now), and the same with batches of 64 (one step per epoch on both).
+    "ts_h16_rc_noise2_ep60": dict(TS_BASE, recenter=True, input_noise=2.0, epochs=60),
+    "ts_h16_rc_noise2_ep60_b64": dict(TS_BASE, recenter=True, input_noise=2.0, epochs=60, batch_size=64),
+    # A batch of 64 from 27-36 trials holds each trial about twice, each copy with its own input noise draw:
+    # is it the steps or the averaged noise? Batches of 64 at 30 epochs (30 steps on both).
+    "ts_h16_rc_noise2_b64": dict(TS_BASE, recenter=True, input_noise=2.0, batch_size=64),
+    "ts_h16_rc_noise2_ep60_b64_ens3": dict(TS_BASE, recenter=True, input_noise=2.0, epochs=60, batch_size=64,
+                                           n_members=3),
     "ts_lr": "baseline",
     "ts_lr_recentered": "baseline",
     "csp_lda": "baseline",
@@ -153,28 +168,32 @@ def _inner_split(y_train, subjects_train, protocol, seed):
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-def run_split(name, X, y, subjects, sfreq, split, protocol, seed):
+def run_split(name, X, y, subjects, sfreq, split, protocol, seed, inner_splits=1):
     subject, fold, train, test = split
     routed = VARIANTS[name] == "baseline" and "recentered" in name
     rows = []
-    inner_train, inner_val = _inner_split(y[train], subjects[train], protocol, seed + fold)
+    parts = []
+    for k in range(inner_splits):
+        inner_train, inner_val = _inner_split(y[train], subjects[train], protocol, seed + fold + 1000 * k)
+        parts.append(("inner", k, train[inner_train], train[inner_val]))
+    parts.append(("outer", -1, train, test))
     t0 = time.perf_counter()
-    for part, fit_idx, score_idx in (("inner", train[inner_train], train[inner_val]), ("outer", train, test)):
+    for part, inner_split, fit_idx, score_idx in parts:
         try:
             model = _fit(make_model(name, sfreq), X[fit_idx], y[fit_idx], subjects[fit_idx], routed)
             acc, acc_ord = _score(model, X[score_idx], y[score_idx], subjects[score_idx], routed)
         except EventBudgetError as err:
             # A run whose rates explode is a failed fit, scored as chance and counted.
             print(f"{name} subject {subject} fold {fold} {part}: {err}", flush=True)
-            rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=0.5, acc_ord=0.0,
-                             failed=1))
+            rows.append(dict(variant=name, subject=subject, fold=fold, part=part, inner_split=inner_split,
+                             accuracy=0.5, acc_ord=0.0, failed=1))
             continue
-        rows.append(dict(variant=name, subject=subject, fold=fold, part=part, accuracy=acc, acc_ord=acc_ord,
-                         failed=0))
+        rows.append(dict(variant=name, subject=subject, fold=fold, part=part, inner_split=inner_split,
+                         accuracy=acc, acc_ord=acc_ord, failed=0))
         if part == "outer" and isinstance(model, QIFClassifier):
             # 2 s windows at 0, 0.5 and 1 s into each test trial, decoded as the GUI does.
             windows = model.window_scores(X[score_idx], y[score_idx], window_s=2.0, step_s=0.5)
-            rows.append(dict(variant=name, subject=subject, fold=fold, part="window2s",
+            rows.append(dict(variant=name, subject=subject, fold=fold, part="window2s", inner_split=-1,
                              accuracy=windows["window_acc"], acc_ord=windows["window_acc_ord"], failed=0))
     for row in rows:
         row["seconds"] = time.perf_counter() - t0
@@ -198,8 +217,12 @@ def main(argv=None):
     parser.add_argument("--subjects", nargs="+", type=int)
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--inner-splits", type=int, default=1,
+                        help="inner validation splits per outer fold, their scores averaged (default 1)")
     parser.add_argument("--out", type=Path, help="CSV file to append per-fold rows to")
     args = parser.parse_args(argv)
+    if args.inner_splits < 1:
+        parser.error(f"--inner-splits must be at least 1, got {args.inner_splits}")
 
     trials = load_motor_imagery(args.subjects)
     X, y, groups = trials.data, np.asarray(trials.labels), np.asarray(trials.subjects)
@@ -215,7 +238,7 @@ def main(argv=None):
     for name in names:
         t0 = time.perf_counter()
         rows = Parallel(n_jobs=args.n_jobs)(
-            delayed(run_split)(name, X, y, groups, trials.sfreq, split, args.protocol, args.seed)
+            delayed(run_split)(name, X, y, groups, trials.sfreq, split, args.protocol, args.seed, args.inner_splits)
             for split in splits)
         frame = pd.DataFrame([r for chunk in rows for r in chunk])
         frame["protocol"] = args.protocol

@@ -18,6 +18,9 @@ fold, variants adapt it to the subject with the training fold only:
   the pretraining trials and the user's adaptation trials together (the user's repeated k times;
   each subject re-centred by its own mean), as a logistic regression would be refitted on the pool
   with the user's trials added;
+* ``wise_<a>``: weight-space interpolation between the pretrained and the fine-tuned
+  (``ft_3e-3_20``) networks, ``(1 - a) * pretrained + a * fine-tuned`` (WiSE-FT,
+  Wortsman et al. 2022), aligned by the user's mean as both are;
 * ``ft_auto``: fine-tuning epochs chosen per user: the trials it adapts on are split
   once more (stratified 75/25), each of ``AUTO_EPOCHS`` (0: zero-shot) is fine-tuned on
   the 75 % and scored (acc_ord) on the 25 %, and the best (ties: the one nearest the
@@ -61,6 +64,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -104,7 +108,21 @@ VARIANTS = {
     # pool_halves_zero, pool_halves_offspan).
     "joint_3e-3_5": ("joint", 3e-3, 5, 1),
     "joint_3e-3_5_x3": ("joint", 3e-3, 5, 3),
+    # Fine-tuning gains on the inner splits (+1.4) and loses on the outer folds (-1.5) against zero-shot:
+    # between the two. Both start from the same pretrained weights, so their straight-line mixtures stay
+    # in one basin (the fine-tuning moves the weights little), and a mixture keeps the pool's decision
+    # rule in part while it takes up the user's.
+    "wise_0.25": ("wise", 0.25),
+    "wise_0.5": ("wise", 0.5),
+    "wise_0.75": ("wise", 0.75),
+    # Batches hold exactly batch_size (32) trials, the last one filled by wrapping around: the inner splits'
+    # 27 adaptation trials make one Adam step per epoch, the outer folds' 36 make two. So the outer fits take
+    # twice the steps (and twice the schedule's learning-rate area) that the inner scores chose. Batches of
+    # 64 give one step per epoch to both (every user with up to 64 trials).
+    "ft_3e-3_20_b64": (3e-3, 20, False, {"batch_size": 64}),
 }
+# The fine-tuning that ``wise_*`` starts from (the shipped default's).
+FINE_TUNING = VARIANTS["ft_3e-3_20"]
 AUTO_EPOCHS = (0, 10, 20, 40)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -260,18 +278,40 @@ def _joint_tuned(model, X, y, pool, learning_rate, epochs, repeats):
     return model
 
 
-def _adapted(pretrained, setting, X, y, pool=None):
+def _interpolated(pretrained, fine_tuned, share):
+    """``fine_tuned`` (a copy) with every network's weights ``(1 - share) * pretrained + share * fine_tuned``."""
+    model = copy.deepcopy(fine_tuned)
+    model.members_ = [jax.tree_util.tree_map(lambda before, after: (1 - share) * before + share * after, *pair)
+                      for pair in zip(pretrained.members_, fine_tuned.members_)]
+    model.params_ = model.members_[0]
+    return model
+
+
+def _adapted(pretrained, setting, X, y, pool=None, fine_tuned=None):
     """A copy of ``pretrained`` adapted to the trials ``X`` as ``setting`` (a ``VARIANTS`` value) says;
-    ``pool``: the pretraining trials (X, y, groups), for joint tuning."""
+    ``pool``: the pretraining trials (X, y, groups), for joint tuning; ``fine_tuned``: a function
+    returning ``pretrained`` fine-tuned on ``X`` as ``FINE_TUNING`` says, for ``wise_*`` (so that one
+    fine-tuning serves them all)."""
     model = copy.deepcopy(pretrained)
     if setting is None:
         return model.calibrate(X)
     if setting[0] == "joint":
         return _joint_tuned(model, X, y, pool, *setting[1:])
+    if setting[0] == "wise":
+        return _interpolated(pretrained, fine_tuned(), setting[1])
     learning_rate, epochs, output_only, *changes = setting
     for name, value in (changes[0] if changes else {}).items():
         setattr(model, name, value)
     return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
+
+
+def _epochs(setting):
+    """Fine-tuning epochs on the user's trials of a ``VARIANTS`` value."""
+    if setting is None:
+        return 0
+    if setting[0] == "wise":
+        return FINE_TUNING[1]
+    return setting[2] if setting[0] == "joint" else setting[1]
 
 
 def _variant_name(pretrain, variant):
@@ -302,20 +342,28 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
             fit, val = _inner_split(y[train], groups[train], "within-subject", seed + fold + 1000 * k)
             parts.append(("inner", k, train[fit], train[val]))
         parts.append(("outer", -1, train, test))
+        fine_tunings = {}  # (part, inner split) -> the pretrained model fine-tuned as FINE_TUNING says
         for variant in variants:
             t1 = time.perf_counter()
             for part, inner_split, fit_idx, score_idx in parts:
+
+                def fine_tuned(key=(part, inner_split), fit_idx=fit_idx):
+                    if key not in fine_tunings:
+                        fine_tunings[key] = _adapted(pretrained, FINE_TUNING, X[fit_idx], y[fit_idx])
+                    return fine_tunings[key]
+
                 setting = VARIANTS[variant]
                 if setting == "auto":
                     epochs = _auto_epochs(pretrained, X[fit_idx], y[fit_idx], seed + fold)
                     setting = (3e-3, epochs, False) if epochs else None
-                model = _adapted(pretrained, setting, X[fit_idx], y[fit_idx], pool)
+                model = (fine_tuned() if setting == FINE_TUNING else
+                         _adapted(pretrained, setting, X[fit_idx], y[fit_idx], pool, fine_tuned))
                 # Un-grouped trials: aligned by the adaptation trials' mean (the calibration).
                 acc = float(np.mean(model.predict(X[score_idx]) == y[score_idx]))
                 acc_ord = model.spiking_metrics(X[score_idx], y[score_idx])["acc_ord"]
                 rows.append(dict(variant=_variant_name(pretrain, variant), subject=subject, fold=fold, part=part,
                                  inner_split=inner_split, accuracy=acc, acc_ord=acc_ord, failed=0,
-                                 epochs=setting[1] if setting else 0))
+                                 epochs=_epochs(setting)))
             rows[-1]["seconds"] = time.perf_counter() - t1 + pretrain_s / len(folds)
     return rows
 

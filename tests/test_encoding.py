@@ -166,7 +166,7 @@ def test_segmented_state_round_trips_and_older_files_still_load(two_subjects):
         TangentSpaceEncoder(sfreq=sfreq, recenter=True, n_segments=2).set_arrays(segmented.to_arrays())
 
 
-@pytest.mark.parametrize("n_segments", [0, 1.5, "2"])
+@pytest.mark.parametrize("n_segments", [0, 1.5, "2", True])
 def test_bad_segment_counts_are_refused(two_subjects, n_segments):
     X, y = _subject(two_subjects, 1)
     with pytest.raises(ValueError, match="n_segments must be a positive integer"):

@@ -90,7 +90,8 @@ def test_a_resumed_run_that_had_stopped_early_stays_stopped():
     assert state.epoch > 3 and [row["epoch"] for row in state.history][0] == 4
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("learning_rate", 0.0),
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("epochs", 2.5), ("epochs", True),
+                                          ("learning_rate", 0.0),
                                           ("grad_clip", -1.0), ("patience", 0),
                                           ("input_noise", -0.1), ("input_noise", math.nan),
                                           ("late_penalty", -1.0), ("optimizer", "rmsprop")])
