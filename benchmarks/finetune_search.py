@@ -108,7 +108,7 @@ VARIANTS = {
     # pool_halves_zero, pool_halves_offspan).
     "joint_3e-3_5": ("joint", 3e-3, 5, 1),
     "joint_3e-3_5_x3": ("joint", 3e-3, 5, 3),
-    # Fine-tuning gains on the inner splits (+1.4) and loses on the outer folds (-1.5) against zero-shot:
+    # Fine-tuning gains on the inner splits (+1.4) and loses on the outer folds (-1.4) against zero-shot:
     # between the two. Both start from the same pretrained weights, so their straight-line mixtures stay
     # in one basin (the fine-tuning moves the weights little), and a mixture keeps the pool's decision
     # rule in part while it takes up the user's.
