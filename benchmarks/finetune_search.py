@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -305,6 +306,14 @@ def _adapted(pretrained, setting, X, y, pool=None, fine_tuned=None):
     return model.fine_tune(X, y, epochs=epochs, learning_rate=learning_rate, output_only=output_only)
 
 
+def _fine_tuned_once(cache, key, pretrained, X, y):
+    """``pretrained`` fine-tuned on ``X`` as ``FINE_TUNING`` says, kept in ``cache[key]`` for the variants
+    that start from it."""
+    if key not in cache:
+        cache[key] = _adapted(pretrained, FINE_TUNING, X, y)
+    return cache[key]
+
+
 def _epochs(setting):
     """Fine-tuning epochs on the user's trials of a ``VARIANTS`` value."""
     if setting is None:
@@ -346,12 +355,8 @@ def run_subject(subject, X, y, groups, sfreq, folds, variants, seed, n_members, 
         for variant in variants:
             t1 = time.perf_counter()
             for part, inner_split, fit_idx, score_idx in parts:
-
-                def fine_tuned(key=(part, inner_split), fit_idx=fit_idx):
-                    if key not in fine_tunings:
-                        fine_tunings[key] = _adapted(pretrained, FINE_TUNING, X[fit_idx], y[fit_idx])
-                    return fine_tunings[key]
-
+                fine_tuned = functools.partial(_fine_tuned_once, fine_tunings, (part, inner_split), pretrained,
+                                               X[fit_idx], y[fit_idx])
                 setting = VARIANTS[variant]
                 if setting == "auto":
                     epochs = _auto_epochs(pretrained, X[fit_idx], y[fit_idx], seed + fold)

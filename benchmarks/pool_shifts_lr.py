@@ -62,12 +62,16 @@ def halves_covariances(X, sfreq, offsets):
     return covariances
 
 
-def vectors(covariances, offset, trials, reference_trials, reference_offset):
+def halves_means(covariances, offset, trials):
+    """The Riemannian means of ``trials``' two halves' covariances at ``offset``: a re-centring reference."""
+    return [mean_riemann(half[trials]) for half in covariances[offset]]
+
+
+def vectors(covariances, offset, trials, means):
     """The two halves' tangent vectors (concatenated) of ``trials``' windows at ``offset``, re-centred by
-    the mean of ``reference_trials``' windows at ``reference_offset`` (the other subjects: each window
-    offset by its own mean; the user: by its 0-3 s adaptation trials, as the decoder's calibration does)."""
-    return np.hstack([_aligned_vectors(half[trials], mean_riemann(reference[reference_trials]))[0]
-                      for half, reference in zip(covariances[offset], covariances[reference_offset])])
+    ``means`` (:func:`halves_means`; the other subjects: each window offset by its own; the user: by its
+    0-3 s adaptation trials', as the decoder's calibration does)."""
+    return np.hstack([_aligned_vectors(half[trials], mean)[0] for half, mean in zip(covariances[offset], means)])
 
 
 def score(arm, covariances, pooled, offsets, y, subjects, fit, test, C):
@@ -78,13 +82,14 @@ def score(arm, covariances, pooled, offsets, y, subjects, fit, test, C):
     others = [s for s in np.unique(subjects) if s != subjects[fit[0]]]
     pool = [pooled[s, offset] for offset in pool_offsets for s in others]
     pool_labels = [y[subjects == s] for _ in pool_offsets for s in others]
-    user = [vectors(covariances, offset, fit, fit, 0.0) for offset in user_offsets]
+    reference = halves_means(covariances, 0.0, fit)
+    user = [vectors(covariances, offset, fit, reference) for offset in user_offsets]
     weight = 1.0 if "user" in arm else 0.0  # 0: the user's trials give only their re-centring mean
     features = np.vstack(pool + user)
     labels = np.concatenate(pool_labels + [y[fit]] * len(user_offsets))
     weights = np.concatenate([np.ones(sum(map(len, pool_labels))), np.full(len(fit) * len(user_offsets), weight)])
     model = LogisticRegression(C=C, max_iter=2000).fit(features, labels, sample_weight=weights)
-    return model.score(vectors(covariances, 0.0, test, fit, 0.0), y[test])
+    return model.score(vectors(covariances, 0.0, test, reference), y[test])
 
 
 def run_split(arm, covariances, pooled, offsets, y, subjects, split, seed, inner_splits, C):
@@ -122,7 +127,7 @@ def main(argv=None):
     y, subjects = np.asarray(trials.labels), np.asarray(trials.subjects)
     covariances = halves_covariances(trials.data, trials.sfreq, args.offsets)
     own = {s: np.flatnonzero(subjects == s) for s in np.unique(subjects)}
-    pooled = {(s, offset): vectors(covariances, offset, own[s], own[s], offset)
+    pooled = {(s, offset): vectors(covariances, offset, own[s], halves_means(covariances, offset, own[s]))
               for s in own for offset in args.offsets}
     splits = list(within_subject_splits(subjects, y, n_splits=5, seed=args.seed))
     print(f"{len(y)} trials, windows at {args.offsets} s; LR C {args.C}")
